@@ -1,0 +1,331 @@
+//! RFC 9162 (RFC 6962) Merkle Tree Hash, inclusion and consistency proofs, with BLAKE3.
+//!
+//! Proof *generation* is written against [`RangeHasher`], which answers `MTH(D[start..end])`
+//! for the subtrees an RFC 9162 path needs. An in-memory slice of leaf hashes implements it by
+//! recursion ([`LeafHashes`]); the branch log in `annals-storage` implements it from stored
+//! complete-subtree hashes in O(log n) reads. Verification takes only hashes.
+
+use crate::hash::{empty_root, node_hash, Hash};
+use crate::FormatError;
+
+/// Largest power of two strictly smaller than `n` (`n >= 2`).
+#[inline]
+pub fn split_point(n: u64) -> u64 {
+    debug_assert!(n >= 2);
+    1u64 << (63 - (n - 1).leading_zeros())
+}
+
+/// Answers the Merkle Tree Hash of a contiguous range of leaves.
+pub trait RangeHasher {
+    /// `MTH(D[start..end])`, `start < end <= size`. Only ranges that are subtrees of the RFC 9162
+    /// decomposition are asked for: `start` is a multiple of the largest power of two `<= end - start`.
+    fn range_hash(&mut self, start: u64, end: u64) -> Hash;
+}
+
+/// Leaf hashes held in memory (`H(0x00 || d)` already applied).
+#[derive(Debug, Clone, Copy)]
+pub struct LeafHashes<'a>(pub &'a [Hash]);
+
+impl RangeHasher for LeafHashes<'_> {
+    fn range_hash(&mut self, start: u64, end: u64) -> Hash {
+        root_of(&self.0[start as usize..end as usize])
+    }
+}
+
+/// `MTH` over leaf hashes, computed bottom-up without recursion or allocation per level beyond
+/// one scratch vector. Identical to the RFC's recursive definition.
+pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
+    match leaf_hashes.len() {
+        0 => empty_root(),
+        1 => leaf_hashes[0],
+        _ => {
+            // Bottom-up pairing gives the RFC tree: the left subtree is always the complete one,
+            // and an odd node at the end of a level is promoted unchanged.
+            let mut level: Vec<Hash> = leaf_hashes
+                .chunks(2)
+                .map(|c| {
+                    if c.len() == 2 {
+                        node_hash(&c[0], &c[1])
+                    } else {
+                        c[0]
+                    }
+                })
+                .collect();
+            while level.len() > 1 {
+                let mut w = 0;
+                for r in (0..level.len()).step_by(2) {
+                    level[w] = if r + 1 < level.len() {
+                        node_hash(&level[r], &level[r + 1])
+                    } else {
+                        level[r]
+                    };
+                    w += 1;
+                }
+                level.truncate(w);
+            }
+            level[0]
+        }
+    }
+}
+
+/// `MTH` over leaf data (hashes each leaf with the leaf domain first).
+pub fn root_of_data<D: AsRef<[u8]>>(leaves: &[D]) -> Hash {
+    let hashes: Vec<Hash> = leaves
+        .iter()
+        .map(|d| crate::hash::leaf_hash(d.as_ref()))
+        .collect();
+    root_of(&hashes)
+}
+
+/// RFC 9162 `PATH(index, D[size])`: the audit path for leaf `index` in a tree of `size` leaves.
+pub fn inclusion_path(
+    h: &mut impl RangeHasher,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, FormatError> {
+    if index >= size {
+        return Err(FormatError::ProofRange { index, size });
+    }
+    let mut path = Vec::new();
+    // Walk from the root down, remembering siblings, then reverse (the path is leaf-first).
+    let (mut lo, mut hi, mut m) = (0u64, size, index);
+    while hi - lo > 1 {
+        let k = split_point(hi - lo);
+        if m < k {
+            path.push(h.range_hash(lo + k, hi));
+            hi = lo + k;
+        } else {
+            path.push(h.range_hash(lo, lo + k));
+            lo += k;
+            m -= k;
+        }
+    }
+    path.reverse();
+    Ok(path)
+}
+
+/// RFC 9162 `PROOF(old_size, D[size])`: the consistency path between two sizes of one tree.
+pub fn consistency_path(
+    h: &mut impl RangeHasher,
+    old_size: u64,
+    size: u64,
+) -> Result<Vec<Hash>, FormatError> {
+    if old_size > size {
+        return Err(FormatError::ProofRange {
+            index: old_size,
+            size,
+        });
+    }
+    let mut path = Vec::new();
+    if old_size == 0 || old_size == size {
+        return Ok(path);
+    }
+    let (mut lo, mut hi, mut m, mut whole) = (0u64, size, old_size, true);
+    loop {
+        let n = hi - lo;
+        if m == n {
+            if !whole {
+                path.push(h.range_hash(lo, hi));
+            }
+            break;
+        }
+        let k = split_point(n);
+        if m <= k {
+            path.push(h.range_hash(lo + k, hi));
+            hi = lo + k;
+        } else {
+            path.push(h.range_hash(lo, lo + k));
+            lo += k;
+            m -= k;
+            whole = false;
+        }
+    }
+    path.reverse();
+    Ok(path)
+}
+
+/// RFC 9162 section 2.1.3.2: does `leaf_hash` sit at `index` of a tree of `size` with `root`?
+pub fn verify_inclusion(
+    leaf_hash: &Hash,
+    index: u64,
+    size: u64,
+    path: &[Hash],
+    root: &Hash,
+) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = *leaf_hash;
+    for p in path {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && &r == root
+}
+
+/// RFC 9162 section 2.1.4.2: is the tree `(size, root)` an append-only extension of
+/// `(old_size, old_root)`? Equal sizes need an empty path and equal roots; an empty old tree is
+/// consistent with everything.
+pub fn verify_consistency(
+    old_size: u64,
+    size: u64,
+    old_root: &Hash,
+    root: &Hash,
+    path: &[Hash],
+) -> bool {
+    if old_size > size {
+        return false;
+    }
+    if old_size == size {
+        return path.is_empty() && old_root == root;
+    }
+    if old_size == 0 {
+        return path.is_empty();
+    }
+    if path.is_empty() {
+        return false;
+    }
+    let mut full: Vec<Hash> = Vec::with_capacity(path.len() + 1);
+    if old_size.is_power_of_two() {
+        full.push(*old_root);
+    }
+    full.extend_from_slice(path);
+    let (mut fnode, mut snode) = (old_size - 1, size - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (full[0], full[0]);
+    for c in &full[1..] {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    &fr == old_root && &sr == root && snode == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::leaf_hash;
+
+    /// The RFC's recursive definition, as the oracle for everything above.
+    fn mth_rec(d: &[Hash]) -> Hash {
+        match d.len() {
+            0 => empty_root(),
+            1 => d[0],
+            n => {
+                let k = split_point(n as u64) as usize;
+                node_hash(&mth_rec(&d[..k]), &mth_rec(&d[k..]))
+            }
+        }
+    }
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n)
+            .map(|i| leaf_hash(&(i as u64).to_le_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn bottom_up_root_matches_recursive_definition() {
+        for n in 0..300 {
+            let l = leaves(n);
+            assert_eq!(root_of(&l), mth_rec(&l), "size {n}");
+        }
+    }
+
+    #[test]
+    fn every_inclusion_path_verifies_for_sizes_1_to_300() {
+        let all = leaves(300);
+        for size in 1..=300u64 {
+            let l = &all[..size as usize];
+            let root = root_of(l);
+            for i in 0..size {
+                let p = inclusion_path(&mut LeafHashes(l), i, size).unwrap();
+                assert!(
+                    verify_inclusion(&l[i as usize], i, size, &p, &root),
+                    "size {size} index {i}"
+                );
+                // A wrong index or wrong leaf must fail.
+                let other = (i + 1) % size;
+                if other != i {
+                    assert!(!verify_inclusion(&l[i as usize], other, size, &p, &root));
+                    assert!(!verify_inclusion(&l[other as usize], i, size, &p, &root));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_consistency_path_verifies_for_sizes_1_to_300() {
+        let all = leaves(300);
+        let roots: Vec<Hash> = (0..=300).map(|n| root_of(&all[..n])).collect();
+        for size in 1..=300u64 {
+            let l = &all[..size as usize];
+            for old in 1..=size {
+                let p = consistency_path(&mut LeafHashes(l), old, size).unwrap();
+                assert!(
+                    verify_consistency(old, size, &roots[old as usize], &roots[size as usize], &p),
+                    "{old} -> {size}"
+                );
+                if old < size {
+                    // A root from another history must fail.
+                    let mut bad = roots[old as usize];
+                    bad[0] ^= 1;
+                    assert!(!verify_consistency(
+                        old,
+                        size,
+                        &bad,
+                        &roots[size as usize],
+                        &p
+                    ));
+                    assert!(!verify_consistency(
+                        old,
+                        size,
+                        &roots[old as usize],
+                        &bad,
+                        &p
+                    ));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_requests_are_errors() {
+        let l = leaves(4);
+        assert!(inclusion_path(&mut LeafHashes(&l), 4, 4).is_err());
+        assert!(consistency_path(&mut LeafHashes(&l), 5, 4).is_err());
+        assert!(!verify_inclusion(&l[0], 0, 0, &[], &l[0]));
+    }
+}
