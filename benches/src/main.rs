@@ -1,0 +1,269 @@
+//! `annals-bench`: generate the TSBS iot workload, load it into a server, compare servers.
+//! See `benches/README.md` for the commands and what each figure means.
+
+mod compare;
+mod load;
+mod server;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals_bench::tsbs::{parse_duration, IotConfig, Irregularities};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::compare::{CompareOptions, Peer};
+use crate::load::{Endpoint, LoadOptions, Workload};
+
+/// Lines generated per write call of `gen`.
+const GEN_CHUNK_LINES: usize = 10_000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "annals-bench",
+    version,
+    about = "Workloads and ingest harness for annals"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write the TSBS iot workload as line protocol (readings and diagnostics interleaved).
+    Gen(GenArgs),
+    /// Send line protocol to a server speaking the InfluxDB write API and report throughput.
+    Load(LoadArgs),
+    /// Start InfluxDB 1.x and annals, load the same batches into each, print a markdown table.
+    CompareIngest(CompareArgs),
+}
+
+/// Scale of the TSBS iot workload: `trucks × duration / 10 s × 2` lines before irregularities.
+#[derive(Debug, Args)]
+struct Scale {
+    /// Number of trucks (series per table).
+    #[arg(long, default_value_t = 100)]
+    trucks: u64,
+    /// Simulated time span, e.g. 90s, 30m, 6h, 1d, 1h30m (one step every 10 s).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed; the same seed and scale always give the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No missing rows, null fields, cleared tags or late rows.
+    #[arg(long)]
+    regular: bool,
+}
+
+impl Scale {
+    fn config(&self) -> Result<IotConfig> {
+        let mut cfg = IotConfig::new(self.trucks, self.duration, self.seed)?;
+        if self.regular {
+            cfg.irregularities = Irregularities::NONE;
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Args)]
+struct GenArgs {
+    #[command(flatten)]
+    scale: Scale,
+    /// Output file, `-` for standard output.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// How requests are shaped and sent.
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Concurrent keep-alive HTTP/1.1 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Lines per request body.
+    #[arg(long, default_value_t = 5000)]
+    batch_lines: usize,
+    /// Gzip every body (done before the clock starts) and send `Content-Encoding: gzip`.
+    #[arg(long)]
+    gzip: bool,
+    /// Database (v1, v3) or bucket (v2) name.
+    #[arg(long, default_value = "bench")]
+    db: String,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+impl SendArgs {
+    fn check(&self) -> Result<()> {
+        if self.batch_lines == 0 || self.batch_lines > load::BATCH_LINES_MAX {
+            bail!(
+                "--batch-lines must be between 1 and {}",
+                load::BATCH_LINES_MAX
+            );
+        }
+        if self.connections == 0 || self.connections > load::CONNECTIONS_MAX {
+            bail!(
+                "--connections must be between 1 and {}",
+                load::CONNECTIONS_MAX
+            );
+        }
+        load::check_db_name(&self.db)
+    }
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8086")]
+    url: String,
+    /// Write API: v1 `/write`, v2 `/api/v2/write`, v3 `/api/v3/write_lp`.
+    #[arg(long, value_enum, default_value = "v1")]
+    endpoint: Endpoint,
+    /// Line-protocol file to send (else the workload is generated in memory from the scale).
+    #[arg(long, conflicts_with_all = ["trucks", "duration", "seed", "regular"])]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    scale: Scale,
+    #[command(flatten)]
+    send: SendArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    scale: Scale,
+    #[command(flatten)]
+    send: SendArgs,
+    /// annals binary [default: target/release/annals]
+    #[arg(long)]
+    annals_bin: Option<PathBuf>,
+    /// Write API used for annals (InfluxDB 1.x gets v1).
+    #[arg(long, value_enum, default_value = "v1")]
+    annals_endpoint: Endpoint,
+    /// InfluxDB 1.x server binary, looked up in PATH unless it has a slash.
+    #[arg(long, default_value = "influxd")]
+    influxd_bin: PathBuf,
+    /// Measure one server only.
+    #[arg(long, value_enum)]
+    only: Option<Peer>,
+    /// Where the servers' temp dirs go [default: the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the servers' data dirs and logs after the run.
+    #[arg(long)]
+    keep_dirs: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Gen(args) => gen(args),
+        Cmd::Load(args) => runtime()?.block_on(interruptible(load(args))),
+        Cmd::CompareIngest(args) => runtime()?.block_on(interruptible(compare(args))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Runs `fut` until done or Ctrl-C; dropping it on Ctrl-C kills any server it started.
+async fn interruptible(fut: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+fn gen(args: GenArgs) -> Result<()> {
+    let cfg = args.scale.config()?;
+    let started = Instant::now();
+    let mut out: Box<dyn std::io::Write> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let file = std::fs::File::create(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        Box::new(file)
+    };
+    let mut gen = cfg.generator();
+    let mut buf = Vec::with_capacity(GEN_CHUNK_LINES * 256);
+    let mut bytes = 0u64;
+    while gen.fill(&mut buf, GEN_CHUNK_LINES) > 0 {
+        out.write_all(&buf).context("writing line protocol")?;
+        bytes += buf.len() as u64;
+        buf.clear();
+    }
+    out.flush()?;
+    let s = gen.stats();
+    eprintln!(
+        "{} lines ({:.1} MB) of {} slots in {:.2} s: {} missing, {} late, {} with a null field, \
+         {} with a cleared tag",
+        s.emitted,
+        bytes as f64 / 1e6,
+        s.entries,
+        started.elapsed().as_secs_f64(),
+        s.missing,
+        s.late,
+        s.null_fields,
+        s.cleared_tags
+    );
+    Ok(())
+}
+
+async fn load(args: LoadArgs) -> Result<()> {
+    args.send.check()?;
+    let work = match &args.file {
+        Some(path) => Workload::from_file(path, args.send.batch_lines, args.send.gzip)?,
+        None => {
+            let cfg = args.scale.config()?;
+            compare::check_scale(&cfg)?;
+            Workload::from_batches(cfg.batches(args.send.batch_lines), args.send.gzip)?
+        }
+    };
+    eprintln!(
+        "{} rows, {:.1} MB of line protocol in {} bodies -> {}",
+        work.lines,
+        work.raw_bytes as f64 / 1e6,
+        work.requests(),
+        args.endpoint.url(&args.url, &args.send.db)
+    );
+    let opts = LoadOptions {
+        url: args.url,
+        db: args.send.db,
+        endpoint: args.endpoint,
+        connections: args.send.connections,
+        timeout: Duration::from_secs(args.send.timeout_secs),
+        progress: true,
+    };
+    let report = load::run(&opts, Arc::new(work)).await?;
+    report.print(args.send.gzip);
+    Ok(())
+}
+
+async fn compare(args: CompareArgs) -> Result<()> {
+    args.send.check()?;
+    let iot = args.scale.config()?;
+    compare::check_scale(&iot)?;
+    compare::run(CompareOptions {
+        iot,
+        connections: args.send.connections,
+        batch_lines: args.send.batch_lines,
+        gzip: args.send.gzip,
+        db: args.send.db,
+        annals_bin: args.annals_bin,
+        annals_endpoint: args.annals_endpoint,
+        influxd_bin: args.influxd_bin,
+        only: args.only,
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        keep_dirs: args.keep_dirs,
+        timeout: Duration::from_secs(args.send.timeout_secs),
+    })
+    .await
+}
