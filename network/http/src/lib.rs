@@ -1,1 +1,113 @@
-//! placeholder
+//! # annals-http: the HTTP API of a node
+//!
+//! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
+//! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
+//! (so connections parse in parallel), queues it on the engine and answers once every row is
+//! durable: 204, or 200 with a receipt when asked.
+//!
+//! Must never: block a runtime thread on the engine (it waits on futures; `flush` runs in
+//! `spawn_blocking`), hold request bodies beyond [`HttpConfig::max_body_bytes`] (compressed and
+//! decompressed), or let a panic in one request take the server down.
+//!
+//! Status codes: 204 written; 200 written with receipt; 400 malformed (JSON error with `line`);
+//! 413 body too large; 422 a column's type conflicts with the table; 503 overloaded (with
+//! `Retry-After`) or shutting down; 500 a storage failure.
+
+mod idempotency;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_engine::Engine;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+pub use write::WriteApi;
+
+/// Largest request body accepted by default (compressed or not).
+pub const BODY_BYTES_MAX_DEFAULT: usize = 32 << 20;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest body, before and after gzip decompression.
+    pub max_body_bytes: usize,
+    /// How long a write waits for queue space before it is answered 503.
+    pub write_wait_max: Duration,
+    /// Remembered `Idempotency-Key`s.
+    pub idempotency_keys_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: BODY_BYTES_MAX_DEFAULT, write_wait_max: Duration::from_secs(5), idempotency_keys_max: 100_000 }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub cfg: HttpConfig,
+    pub metrics: Option<PrometheusHandle>,
+    pub(crate) idem: Arc<idempotency::Keys>,
+}
+
+/// Builds the router.
+pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState { engine, idem: Arc::new(idempotency::Keys::new(cfg.idempotency_keys_max)), cfg: cfg.clone(), metrics };
+    Router::new()
+        .route("/api/v3/write_lp", post(write::write_v3))
+        .route("/api/v2/write", post(write::write_v2))
+        .route("/write", post(write::write_v1))
+        .route("/health", get(health))
+        .route("/ping", get(ping).head(ping))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v3/flush", post(flush))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(state)
+}
+
+async fn ping() -> impl IntoResponse {
+    (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "annals-0.1"), ("X-Influxdb-Build", "annals")])
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let r = s.engine.recovery();
+    let cp = s.engine.latest_checkpoint();
+    let body = json!({
+        "status": if r.damaged.is_empty() { "pass" } else { "fail" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_key": hex::encode(s.engine.public_key()),
+        "damaged_block_files": r.damaged,
+        "checkpoint_epoch": cp.as_ref().map(|c| c.header.epoch),
+        "queue_depths": s.engine.queue_depths(),
+    });
+    let code = if r.damaged.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    for (i, d) in s.engine.queue_depths().into_iter().enumerate() {
+        metrics::gauge!("annals_shard_queue_depth", "shard" => i.to_string()).set(d as f64);
+    }
+    match &s.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+/// Seals every open block, finishes block files and checkpoints; returns the epoch.
+async fn flush(State(s): State<AppState>) -> Response {
+    let engine = s.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.flush()).await {
+        Ok(epoch) => Json(json!({ "checkpoint_epoch": epoch })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}

@@ -1,0 +1,147 @@
+//! `annals serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_engine::{Engine, EngineConfig, SystemClock};
+use annals_http::HttpConfig;
+use clap::Args;
+use tracing::{error, info};
+
+use crate::duration;
+
+/// Flags of `annals serve`; each has an `ANNALS_*` environment variable.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, env = "ANNALS_DATA_DIR", default_value = "annals-data")]
+    data_dir: PathBuf,
+    /// HTTP listen address (write API, health, metrics).
+    #[arg(long, env = "ANNALS_HTTP_ADDR", default_value = "127.0.0.1:8181")]
+    http_addr: SocketAddr,
+    /// Ingest shards (fixed when the data directory is created).
+    #[arg(long, env = "ANNALS_SHARDS", default_value_t = 2)]
+    shards: usize,
+    /// Seal a block at this many rows.
+    #[arg(long, env = "ANNALS_BLOCK_ROWS", default_value_t = 16_384)]
+    block_rows: usize,
+    /// Seal a block when its oldest row is this old.
+    #[arg(long, env = "ANNALS_BLOCK_AGE", default_value = "10s", value_parser = duration::parse)]
+    block_age: Duration,
+    /// Interval between checkpoints.
+    #[arg(long, env = "ANNALS_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = duration::parse)]
+    checkpoint_interval: Duration,
+    /// Finish a block file at this many rows.
+    #[arg(long, env = "ANNALS_FILE_ROWS", default_value_t = 262_144)]
+    file_rows: u64,
+    /// Finish a block file after this long.
+    #[arg(long, env = "ANNALS_FILE_AGE", default_value = "30s", value_parser = duration::parse)]
+    file_age: Duration,
+    /// Requests queued per shard before writes wait, then get 503.
+    #[arg(long, env = "ANNALS_QUEUE_DEPTH", default_value_t = 64)]
+    queue_depth: usize,
+    /// Rows held in open blocks per shard before the largest is sealed early.
+    #[arg(long, env = "ANNALS_MEMTABLE_ROWS", default_value_t = 1_000_000)]
+    memtable_rows: usize,
+    /// Largest request body in bytes (also after gzip decompression).
+    #[arg(long, env = "ANNALS_MAX_BODY_BYTES", default_value_t = annals_http::BODY_BYTES_MAX_DEFAULT)]
+    max_body_bytes: usize,
+    /// How long a write waits for queue space before 503.
+    #[arg(long, env = "ANNALS_WRITE_WAIT", default_value = "5s", value_parser = duration::parse)]
+    write_wait: Duration,
+    /// Do not fsync: acknowledged writes can be lost on power failure. Benchmarks only.
+    #[arg(long, env = "ANNALS_UNSAFE_NO_SYNC")]
+    unsafe_no_sync: bool,
+}
+
+impl ServeArgs {
+    fn engine_config(&self) -> EngineConfig {
+        let mut c = EngineConfig::new(&self.data_dir);
+        c.shards = self.shards;
+        c.block_rows = self.block_rows;
+        c.block_age = self.block_age;
+        c.checkpoint_interval = self.checkpoint_interval;
+        c.file_rows = self.file_rows;
+        c.file_age = self.file_age;
+        c.queue_depth = self.queue_depth;
+        c.memtable_rows = self.memtable_rows;
+        c.unsafe_no_sync = self.unsafe_no_sync;
+        c
+    }
+}
+
+pub(crate) fn run(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ANNALS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = args.engine_config();
+    if let Err(e) = cfg.validate() {
+        eprintln!("annals serve: {e}");
+        return ExitCode::from(2);
+    }
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            error!(error = %e, "metrics disabled");
+            None
+        }
+    };
+    let engine = match Engine::open(cfg, Arc::new(SystemClock)) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("annals serve: cannot open {}: {e}", args.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if engine.created_key() {
+        info!(node_key = %hex::encode(engine.public_key()), "created a new node key");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("annals-io").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("annals serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http_cfg = HttpConfig { max_body_bytes: args.max_body_bytes, write_wait_max: args.write_wait, ..HttpConfig::default() };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.http_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // One line on stdout that scripts can wait for.
+        println!("annals listening on http://{addr} (data dir {})", args.data_dir.display());
+        info!(%addr, data_dir = %args.data_dir.display(), node_key = %hex::encode(engine.public_key()), "annals serving");
+        let app = annals_http::router(engine.clone(), http_cfg, metrics);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+    });
+    info!("shutting down: sealing open blocks and finishing block files");
+    let e2 = engine.clone();
+    e2.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("annals serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

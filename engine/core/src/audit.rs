@@ -1,0 +1,212 @@
+//! Offline audit of a data directory: recompute every hash and signature from the bytes.
+//!
+//! Read-only (safe on a running node): branch logs and the checkpoint log are opened without
+//! cutting torn tails, block files are read, nothing is written. For every finished block
+//! file it re-encodes each row from the stored columns, recomputes `rows_root`, and checks the
+//! header against the branch log and the node's signature; for every branch log it checks the
+//! chain of `prev` hashes and signatures; for every checkpoint it checks the chain, the
+//! signature and that each branch entry is a state the branch log actually had.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use annals_format::block::{BlockHeader, BranchId};
+use annals_format::hash::{leaf_hash, to_hex, Hash};
+use annals_format::merkle::root_of;
+use annals_format::sign::verify;
+use annals_storage::block_file::{row_encodings, BlockFileReader, FILE_SUFFIX};
+use annals_storage::branch_log::BranchLog;
+use annals_storage::checkpoint_log::CheckpointLog;
+use serde::Serialize;
+
+use crate::error::EngineError;
+
+/// One thing that failed a check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// File (and row group / height / epoch) where it was found.
+    pub location: String,
+    pub message: String,
+}
+
+/// What an audit checked and found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct AuditReport {
+    pub branches: usize,
+    pub blocks_in_logs: u64,
+    pub block_files: usize,
+    pub blocks_checked: u64,
+    pub rows_checked: u64,
+    /// Logged blocks not yet in a finished block file (still in the WAL of a running node).
+    pub blocks_pending: u64,
+    pub checkpoints: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+    fn problem(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { location: location.into(), message: message.into() });
+    }
+}
+
+fn node_key(dir: &Path) -> Result<[u8; 32], EngineError> {
+    let path = dir.join(crate::keys::NODE_KEY_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
+    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| EngineError::Corrupt(format!("{}: not a 32-byte key", path.display())))?;
+    Ok(annals_format::sign::SigningKey::from_bytes(&seed).verifying_key().to_bytes())
+}
+
+/// Audits `data_dir`. `Err` only when the directory cannot be read at all; everything found
+/// wrong inside it is a [`Problem`] in the report.
+pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
+    let mut r = AuditReport::default();
+    let pubkey = node_key(data_dir)?;
+
+    // Branch logs.
+    let mut logs: HashMap<BranchId, BranchLog> = HashMap::new();
+    let bdir = data_dir.join("branches");
+    for entry in sorted(&bdir)? {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let mut branch = [0u8; 16];
+        if hex::decode_to_slice(&name, &mut branch).is_err() {
+            r.problem(entry.display().to_string(), "not a branch directory");
+            continue;
+        }
+        match BranchLog::open_read_only(&entry, branch) {
+            Ok(log) => {
+                for h in 0..log.size() {
+                    match log.header(h) {
+                        Ok((header, _, sig)) => {
+                            if let Err(e) = verify(&pubkey, &header.hash(), &sig) {
+                                r.problem(format!("{}/blocks.log height {h}", entry.display()), format!("signature: {e}"));
+                            }
+                        }
+                        Err(e) => r.problem(format!("{}/blocks.log height {h}", entry.display()), e.to_string()),
+                    }
+                }
+                r.blocks_in_logs += log.size();
+                logs.insert(branch, log);
+            }
+            Err(e) => r.problem(format!("{}", entry.display()), e.to_string()),
+        }
+    }
+    r.branches = logs.len();
+
+    // Block files: rows re-hashed to rows_root, headers equal to the logs'.
+    let mut seen: HashSet<(BranchId, u64)> = HashSet::new();
+    for bd in sorted(&data_dir.join("blocks"))? {
+        for file in sorted(&bd)? {
+            if !file.to_string_lossy().ends_with(FILE_SUFFIX) {
+                continue;
+            }
+            r.block_files += 1;
+            let loc = file.display().to_string();
+            let reader = match BlockFileReader::open(&file) {
+                Ok(x) => x,
+                Err(e) => {
+                    r.problem(&loc, e.to_string());
+                    continue;
+                }
+            };
+            for b in reader.blocks() {
+                let at = format!("{loc} row group {}", b.row_group);
+                let header = match BlockHeader::decode(&b.header) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        r.problem(&at, format!("header: {e}"));
+                        continue;
+                    }
+                };
+                if !seen.insert((header.branch, header.height)) {
+                    r.problem(&at, format!("block {} of branch {} stored twice", header.height, to_hex(&header.branch)));
+                }
+                match logs.get(&header.branch) {
+                    None => r.problem(&at, format!("branch {} has no branch log", to_hex(&header.branch))),
+                    Some(log) if header.height >= log.size() => {
+                        r.problem(&at, format!("block {} is beyond its branch log (size {})", header.height, log.size()))
+                    }
+                    Some(log) => match log.header(header.height) {
+                        Ok((_, bytes, sig)) if bytes == b.header && sig.as_slice() == b.signature.as_slice() => {}
+                        Ok(_) => r.problem(&at, format!("header or signature of block {} differs from the branch log", header.height)),
+                        Err(e) => r.problem(&at, e.to_string()),
+                    },
+                }
+                let batch = match reader.read_row_group(b.row_group as usize) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        r.problem(&at, e.to_string());
+                        continue;
+                    }
+                };
+                match row_encodings(&header.table, &batch) {
+                    Ok(rows) => {
+                        let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();
+                        if rows.len() != header.row_count as usize {
+                            r.problem(&at, format!("{} rows, header says {}", rows.len(), header.row_count));
+                        } else if root_of(&leaves) != header.rows_root {
+                            r.problem(&at, format!("rows do not hash to rows_root of block {}", header.height));
+                        }
+                        let (tmin, tmax) = rows
+                            .iter()
+                            .filter_map(|x| annals_format::row::decode_row(x).ok().map(|d| d.time))
+                            .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+                        if !rows.is_empty() && (tmin != header.time_min || tmax != header.time_max) {
+                            r.problem(&at, "row times do not match the header's time range");
+                        }
+                        r.rows_checked += rows.len() as u64;
+                    }
+                    Err(e) => r.problem(&at, e.to_string()),
+                }
+                r.blocks_checked += 1;
+            }
+        }
+    }
+    r.blocks_pending = r.blocks_in_logs.saturating_sub(seen.len() as u64);
+
+    // Checkpoints: chain, signatures, and entries that the branch logs really had.
+    let cp_path = data_dir.join("checkpoints.log");
+    if cp_path.exists() {
+        match CheckpointLog::open_read_only(&cp_path) {
+            Ok(cps) => {
+                for rec in cps.iter() {
+                    r.checkpoints += 1;
+                    let at = format!("{} epoch {}", cp_path.display(), rec.header.epoch);
+                    let hash = rec.header.hash();
+                    if !rec.signatures.iter().any(|(k, s)| *k == pubkey && verify(k, &hash, s).is_ok()) {
+                        r.problem(&at, "no valid signature by the node key");
+                    }
+                    for e in &rec.entries {
+                        match logs.get(&e.branch) {
+                            Some(log) if e.size <= log.size() => match log.root_at(e.size) {
+                                Ok(root) if root == e.root => {}
+                                _ => r.problem(&at, format!("branch {} at size {}: root differs from the branch log", to_hex(&e.branch), e.size)),
+                            },
+                            Some(log) => r.problem(&at, format!("branch {} at size {} but its log has only {}", to_hex(&e.branch), e.size, log.size())),
+                            None => r.problem(&at, format!("branch {} has no branch log", to_hex(&e.branch))),
+                        }
+                    }
+                }
+            }
+            Err(e) => r.problem(cp_path.display().to_string(), e.to_string()),
+        }
+    }
+    Ok(r)
+}
+
+fn sorted(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
+    let mut v = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                v.push(e.map_err(|e| EngineError::io(dir, e))?.path());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EngineError::io(dir, e)),
+    }
+    v.sort();
+    Ok(v)
+}

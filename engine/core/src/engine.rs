@@ -1,0 +1,538 @@
+//! The engine: opening (with recovery), accepting writes, flushing and shutting down.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use annals_format::block::BranchId;
+use annals_format::hash::{leaf_hash, to_hex};
+use annals_format::row::{decode_row, Kind};
+use annals_storage::block_file::{BlockFileReader, FILE_SUFFIX, TMP_SUFFIX};
+use annals_storage::branch_log::BranchLog;
+use annals_storage::checkpoint_log::{CheckpointLog, CheckpointRecord};
+use annals_storage::wal::{self, Wal, WalConfig};
+use crossbeam_channel::Sender;
+use futures_channel::oneshot;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+use crate::catalog::Catalog;
+use crate::checkpointer::{CheckpointMsg, Checkpointer};
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, WriteError};
+use crate::prepare::{prepare, ChunkBuilder, ChunkOrigin, PrepareOptions, Prepared};
+use crate::receipt::{Run, WriteOutcome};
+use crate::sealer::{SealJob, SealMsg, Sealer};
+use crate::shared::{BranchHead, Shared};
+use crate::slots::{acquire_all, Slots};
+use crate::walrec::{self, WalRecord};
+use crate::writer::{BranchState, OpenBlock, Writer, WriterMsg};
+
+/// Blocks waiting for a sealer before its writer waits too.
+const SEAL_QUEUE_MAX: usize = 8;
+/// File recording the data directory's fixed settings.
+const NODE_FILE: &str = "node.json";
+
+/// What recovery found and did at start.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub wal_frames: u64,
+    pub wal_bytes_cut: u64,
+    pub blocks_resealed: usize,
+    pub open_rows_restored: usize,
+    pub block_files: usize,
+    pub tmp_files_removed: usize,
+    /// Block files that failed their checks: reported, never served.
+    pub damaged: Vec<String>,
+}
+
+struct ShardHandle {
+    tx: Sender<WriterMsg>,
+    slots: Arc<Slots>,
+}
+
+/// A running single-node ledger.
+pub struct Engine {
+    shared: Arc<Shared>,
+    shards: Vec<ShardHandle>,
+    checkpoints: Arc<Mutex<CheckpointLog>>,
+    cp_tx: Mutex<Option<Sender<CheckpointMsg>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    report: RecoveryReport,
+    created_key: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("data_dir", &self.shared.cfg.data_dir).field("shards", &self.shards.len()).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct BranchMeta {
+    table: String,
+    shard: usize,
+}
+
+/// A block rebuilt from the WAL.
+#[derive(Default)]
+struct RecBlock {
+    rows: Vec<Vec<u8>>,
+    seal: Option<(u32, i64, [u8; 32])>,
+    first_segment: u64,
+}
+
+/// A request queued on its shards, waiting for durability.
+#[derive(Debug)]
+pub struct PendingWrite {
+    replies: Vec<oneshot::Receiver<Result<Vec<Vec<Run>>, EngineError>>>,
+    origins: Vec<Vec<ChunkOrigin>>,
+    rows: usize,
+    rejected: Vec<(usize, String)>,
+}
+
+impl PendingWrite {
+    /// Resolves when every row of the request is durable (or the write failed).
+    pub async fn wait(self) -> Result<WriteOutcome, WriteError> {
+        let mut chunks = Vec::new();
+        let mut first_err = None;
+        for (reply, origins) in self.replies.into_iter().zip(self.origins) {
+            match reply.await {
+                Ok(Ok(runs)) => chunks.extend(origins.into_iter().zip(runs)),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(WriteError::Engine(e));
+                }
+                Err(_) => {
+                    first_err.get_or_insert(WriteError::Engine(EngineError::ShuttingDown));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(WriteOutcome { rows: self.rows, chunks, rejected: self.rejected }),
+        }
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let mut out = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                out.push(e.map_err(|e| EngineError::io(dir, e))?.path());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EngineError::io(dir, e)),
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn branch_from_hex(name: &str) -> Option<BranchId> {
+    let mut b = [0u8; 16];
+    hex::decode_to_slice(name, &mut b).ok()?;
+    Some(b)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory, recovers, and starts the threads.
+    pub fn open(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let dir = cfg.data_dir.clone();
+        for sub in ["", "wal", "branches", "blocks"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| EngineError::io(&p, e))?;
+        }
+        check_node_file(&dir, cfg.shards)?;
+        let (key, created_key) = crate::keys::load_or_create(&dir)?;
+        let catalog = Arc::new(Catalog::open(&dir)?);
+        let mut report = RecoveryReport::default();
+
+        // Branch logs.
+        let mut logs: Vec<HashMap<BranchId, BranchLog>> = (0..cfg.shards).map(|_| HashMap::new()).collect();
+        let mut heads = BTreeMap::new();
+        for path in read_dir_sorted(&dir.join("branches"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let branch = branch_from_hex(&name)
+                .ok_or_else(|| EngineError::Corrupt(format!("unexpected entry {} in branches/", path.display())))?;
+            let meta_path = path.join("branch.json");
+            let meta: BranchMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| EngineError::io(&meta_path, e))?)
+                .map_err(|e| EngineError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+            if meta.shard >= cfg.shards {
+                return Err(EngineError::Corrupt(format!("branch {name} belongs to shard {} of {}", meta.shard, cfg.shards)));
+            }
+            let log = BranchLog::open(&path, branch).map_err(EngineError::storage)?;
+            heads.insert(branch, BranchHead { table: meta.table, shard: meta.shard, size: log.size(), root: log.root() });
+            logs[meta.shard].insert(branch, log);
+        }
+
+        // Block files: finished ones are checked against the branch logs; unfinished ones are
+        // rebuilt from the WAL.
+        let mut persisted: HashSet<(BranchId, u64)> = HashSet::new();
+        for bdir in read_dir_sorted(&dir.join("blocks"))? {
+            let name = bdir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let Some(branch) = branch_from_hex(&name) else {
+                report.damaged.push(format!("unexpected entry {}", bdir.display()));
+                continue;
+            };
+            let log = logs.iter().find_map(|m| m.get(&branch));
+            for file in read_dir_sorted(&bdir)? {
+                let fname = file.to_string_lossy().to_string();
+                if fname.ends_with(TMP_SUFFIX) {
+                    std::fs::remove_file(&file).map_err(|e| EngineError::io(&file, e))?;
+                    report.tmp_files_removed += 1;
+                    continue;
+                }
+                if !fname.ends_with(FILE_SUFFIX) {
+                    continue;
+                }
+                match check_block_file(&file, &branch, log) {
+                    Ok(heights) => {
+                        report.block_files += 1;
+                        persisted.extend(heights.into_iter().map(|h| (branch, h)));
+                    }
+                    Err(msg) => {
+                        error!(file = %file.display(), problem = %msg, "DAMAGED BLOCK FILE: its blocks will not be served");
+                        report.damaged.push(format!("{}: {msg}", file.display()));
+                    }
+                }
+            }
+        }
+
+        let checkpoints = CheckpointLog::open(&dir.join("checkpoints.log")).map_err(EngineError::storage)?;
+        let shared = Arc::new(Shared { cfg: cfg.clone(), catalog, key, clock, heads: Mutex::new(heads) });
+        let checkpoints = Arc::new(Mutex::new(checkpoints));
+        let mut threads = Vec::new();
+        let mut shards = Vec::new();
+
+        for (shard, shard_logs) in logs.into_iter().enumerate() {
+            let wal_dir = dir.join("wal").join(format!("{shard:03}"));
+            std::fs::create_dir_all(&wal_dir).map_err(|e| EngineError::io(&wal_dir, e))?;
+
+            // Replay the WAL into per-branch, per-height blocks.
+            let mut rec: HashMap<BranchId, BTreeMap<u64, RecBlock>> = HashMap::new();
+            let mut tables: HashMap<BranchId, String> = HashMap::new();
+            let stats = wal::replay(&wal_dir, |segment, payload| -> Result<(), String> {
+                match walrec::decode(payload)? {
+                    WalRecord::Rows { branch, height, first_index, rows } => {
+                        if persisted.contains(&(branch, height)) {
+                            return Ok(());
+                        }
+                        let b = rec.entry(branch).or_default().entry(height).or_insert_with(|| RecBlock {
+                            first_segment: segment,
+                            ..Default::default()
+                        });
+                        if b.rows.len() != first_index as usize || b.seal.is_some() {
+                            return Err(format!(
+                                "rows of block {height} of branch {} out of order: index {first_index} after {} rows",
+                                to_hex(&branch),
+                                b.rows.len()
+                            ));
+                        }
+                        if let (Some(first), false) = (rows.first(), tables.contains_key(&branch)) {
+                            let t = decode_row(first).map_err(|e| e.to_string())?.table.to_owned();
+                            tables.insert(branch, t);
+                        }
+                        b.rows.extend(rows.iter().map(|r| r.to_vec()));
+                    }
+                    WalRecord::Seal { branch, height, row_count, sealed_at, context } => {
+                        if persisted.contains(&(branch, height)) {
+                            return Ok(());
+                        }
+                        let b = rec.entry(branch).or_default().entry(height).or_default();
+                        if b.rows.len() != row_count as usize {
+                            return Err(format!("seal of block {height} names {row_count} rows, the WAL has {}", b.rows.len()));
+                        }
+                        b.seal = Some((row_count, sealed_at, context));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(EngineError::storage)?;
+            report.wal_frames += stats.frames;
+            report.wal_bytes_cut += stats.torn_bytes_cut;
+
+            let wal = Wal::open(&wal_dir, WalConfig { segment_bytes_max: cfg.wal_segment_bytes, no_sync: cfg.unsafe_no_sync, ..WalConfig::default() })
+                .map_err(EngineError::storage)?;
+
+            // Rebuild writer state and the seal jobs recovery owes.
+            let mut branches: HashMap<String, BranchState> = HashMap::new();
+            let mut segment_refs: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut jobs: Vec<SealJob> = Vec::new();
+            let mut branch_ids: HashSet<BranchId> = shard_logs.keys().copied().collect();
+            branch_ids.extend(rec.keys().copied());
+            for branch in branch_ids {
+                let log = shard_logs.get(&branch);
+                let log_size = log.map(|l| l.size()).unwrap_or(0);
+                let table = match (tables.get(&branch), shared.heads.lock().get(&branch)) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(h)) => h.table.clone(),
+                    (None, None) => continue,
+                };
+                let blocks = rec.remove(&branch).unwrap_or_default();
+                // Every logged block must be in a finished file, in the WAL, or reported damaged.
+                for h in 0..log_size {
+                    if !persisted.contains(&(branch, h)) && !blocks.contains_key(&h) && report.damaged.is_empty() {
+                        return Err(EngineError::Corrupt(format!(
+                            "block {h} of branch {} ({table}) is in its branch log but in no block file and not in the WAL",
+                            to_hex(&branch)
+                        )));
+                    }
+                }
+                let mut next_height = log_size;
+                let mut open = None;
+                let last = blocks.keys().next_back().copied();
+                for (height, b) in blocks {
+                    next_height = next_height.max(height + 1);
+                    *segment_refs.entry(b.first_segment).or_default() += 1;
+                    let (chunk, origin) = rebuild_chunk(&shared.catalog, &table, &b.rows)?;
+                    match b.seal {
+                        Some((_, sealed_at, context)) => {
+                            report.blocks_resealed += 1;
+                            jobs.push(SealJob {
+                                branch,
+                                table: shared.catalog.table(&table).expect("rebuilt table exists"),
+                                height,
+                                sealed_at,
+                                context,
+                                time_min: chunk.times.iter().copied().min().unwrap_or(0),
+                                time_max: chunk.times.iter().copied().max().unwrap_or(0),
+                                chunks: vec![chunk.batch],
+                                leaf_hashes: origin.leaf_hashes,
+                                first_segment: b.first_segment,
+                                expect_hash: log.filter(|l| height < l.size()).and_then(|l| l.block_hash(height).ok()),
+                            });
+                        }
+                        None if Some(height) == last => {
+                            report.open_rows_restored += b.rows.len();
+                            let mut o = OpenBlock::new(height, b.first_segment);
+                            o.push(chunk.batch, &origin.leaf_hashes, &chunk.times);
+                            open = Some(o);
+                        }
+                        None => {
+                            return Err(EngineError::Corrupt(format!(
+                                "WAL of shard {shard}: block {height} of branch {} has no seal but a later block exists",
+                                to_hex(&branch)
+                            )))
+                        }
+                    }
+                }
+                branches.insert(table.clone(), BranchState { branch, table, next_height, open });
+            }
+            jobs.sort_by_key(|j| (j.branch, j.height));
+
+            let (seal_tx, seal_rx) = crossbeam_channel::bounded(SEAL_QUEUE_MAX);
+            let (persisted_tx, persisted_rx) = crossbeam_channel::unbounded();
+            let sealer = Sealer::new(shard, shared.clone(), seal_rx, persisted_tx, shard_logs);
+            threads.push(spawn(format!("annals-sealer-{shard}"), move || sealer.run())?);
+            for job in jobs {
+                seal_tx.send(SealMsg::Seal(Box::new(job))).map_err(|_| EngineError::Corrupt("sealer stopped during recovery".into()))?;
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let slots = Arc::new(Slots::new(cfg.queue_depth));
+            let mut writer = Writer::new(shard, shared.clone(), rx, wal, seal_tx, persisted_rx, slots.clone());
+            writer.branches = branches;
+            writer.segment_refs = segment_refs;
+            threads.push(spawn(format!("annals-writer-{shard}"), move || writer.run())?);
+            shards.push(ShardHandle { tx, slots });
+        }
+
+        let (cp_tx, cp_rx) = crossbeam_channel::unbounded();
+        let cp = Checkpointer { shared: shared.clone(), log: checkpoints.clone(), rx: cp_rx };
+        threads.push(spawn("annals-checkpointer".into(), move || cp.run())?);
+        if report.wal_frames > 0 || !report.damaged.is_empty() {
+            info!(?report, "recovered");
+        }
+        if !report.damaged.is_empty() {
+            warn!(count = report.damaged.len(), "data directory has damaged block files; see /health");
+        }
+        Ok(Engine {
+            shared,
+            shards,
+            checkpoints,
+            cp_tx: Mutex::new(Some(cp_tx)),
+            threads: Mutex::new(threads),
+            report,
+            created_key,
+        })
+    }
+
+    /// The node's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.public_key()
+    }
+    /// Whether this start created the node key.
+    pub fn created_key(&self) -> bool {
+        self.created_key
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.cfg
+    }
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
+    }
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.report
+    }
+    pub fn branch_heads(&self) -> BTreeMap<BranchId, BranchHead> {
+        self.shared.heads.lock().clone()
+    }
+    pub fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
+        self.checkpoints.lock().latest().cloned()
+    }
+    /// Requests waiting or being written, per shard.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.slots.in_use()).collect()
+    }
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// Parses and validates a line-protocol request (no side effects but new columns).
+    pub fn prepare(&self, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, WriteError> {
+        prepare(&self.shared.catalog, self.shards.len(), db, body, opts)
+    }
+
+    /// Queues a prepared request on its shards, all or nothing. When a shard's queue is full
+    /// the request is handed back untouched so the caller can wait and retry, or give up (503).
+    pub fn submit(&self, prepared: Prepared) -> Result<PendingWrite, Prepared> {
+        let slots: Vec<&Slots> = prepared.parts.iter().map(|p| &*self.shards[p.shard].slots).collect();
+        if !acquire_all(&slots) {
+            metrics::counter!("annals_writes_throttled_total").increment(1);
+            return Err(prepared);
+        }
+        let Prepared { parts, origins, rows, rejected } = prepared;
+        let mut replies = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (tx, rx) = oneshot::channel();
+            let shard = part.shard;
+            if let Err(e) = self.shards[shard].tx.send(WriterMsg::Write { part, reply: tx }) {
+                // The writer is gone (shutdown); its slot will never be released, which is fine.
+                drop(e);
+            }
+            replies.push(rx);
+        }
+        Ok(PendingWrite { replies, origins, rows, rejected })
+    }
+
+    /// Seals every open block, finishes every block file and writes a checkpoint; returns the
+    /// latest checkpoint epoch. Blocks the calling thread.
+    pub fn flush(&self) -> Option<u64> {
+        let mut waits = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if s.tx.send(WriterMsg::Flush { reply: tx }).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.recv();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.cp_tx.lock().as_ref()?.send(CheckpointMsg::Now { reply: tx }).ok()?;
+        rx.recv().ok().flatten()
+    }
+
+    /// Flushes everything and stops all threads. Later writes fail with `ShuttingDown`.
+    pub fn shutdown(&self) {
+        let mut waits = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if s.tx.send(WriterMsg::Shutdown { reply: tx }).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.recv();
+        }
+        drop(self.cp_tx.lock().take());
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
+    std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|e| EngineError::Io { path: name, source: e })
+}
+
+/// Records the data directory's shard count at creation; refuses to run it with another.
+fn check_node_file(dir: &Path, shards: usize) -> Result<(), EngineError> {
+    let path = dir.join(NODE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Corrupt(format!("{}: {e}", path.display())))?;
+            let have = v["shards"].as_u64().unwrap_or(0) as usize;
+            if have != shards {
+                return Err(EngineError::Config(format!(
+                    "data directory {} was created with {have} shards; start it with --shards {have}",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let v = serde_json::json!({ "format": 1, "shards": shards });
+            annals_storage::fsutil::atomic_write(&path, v.to_string().as_bytes()).map_err(|e| EngineError::io(&path, e))
+        }
+        Err(e) => Err(EngineError::io(&path, e)),
+    }
+}
+
+/// Checks a finished block file against its branch log; returns the heights it holds.
+fn check_block_file(path: &Path, branch: &BranchId, log: Option<&BranchLog>) -> Result<Vec<u64>, String> {
+    let reader = BlockFileReader::open(path).map_err(|e| e.to_string())?;
+    let log = log.ok_or_else(|| format!("no branch log for branch {}", to_hex(branch)))?;
+    let mut heights = Vec::with_capacity(reader.blocks().len());
+    for b in reader.blocks() {
+        let h = annals_format::block::BlockHeader::decode(&b.header).map_err(|e| e.to_string())?;
+        if h.branch != *branch {
+            return Err(format!("row group {} belongs to branch {}", b.row_group, to_hex(&h.branch)));
+        }
+        if h.height >= log.size() {
+            return Err(format!("row group {} holds block {} beyond the branch log (size {})", b.row_group, h.height, log.size()));
+        }
+        let (_, logged_bytes, logged_sig) = log.header(h.height).map_err(|e| e.to_string())?;
+        if logged_bytes != b.header || logged_sig.as_slice() != b.signature.as_slice() {
+            return Err(format!("row group {}: header or signature of block {} differs from the branch log", b.row_group, h.height));
+        }
+        heights.push(h.height);
+    }
+    Ok(heights)
+}
+
+/// Rebuilds an Arrow chunk from canonical row encodings (recovery).
+fn rebuild_chunk(catalog: &Catalog, table: &str, rows: &[Vec<u8>]) -> Result<(crate::prepare::Chunk, ChunkOrigin), EngineError> {
+    let mut cols: Vec<(String, Kind)> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for r in rows {
+        let row = decode_row(r).map_err(|e| EngineError::Corrupt(format!("WAL row: {e}")))?;
+        if row.table != table {
+            return Err(EngineError::Corrupt(format!("WAL row of table {} in a block of {table}", row.table)));
+        }
+        for c in &row.columns {
+            if seen.insert(c.name.to_owned()) {
+                cols.push((c.name.to_owned(), c.value.kind()));
+            }
+        }
+    }
+    let col_refs: Vec<(&str, Kind)> = cols.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    let schema = catalog.ensure(table, &col_refs)?;
+    let mut b = ChunkBuilder::new(schema, rows.len());
+    for r in rows {
+        let row = decode_row(r).expect("decoded above");
+        b.push(0, row.time, &row.columns);
+        debug_assert_eq!(leaf_hash(r), *b.last_leaf_hash());
+    }
+    Ok(b.finish())
+}

@@ -1,0 +1,449 @@
+//! Turning a line-protocol request into per-shard, per-table chunks, before anything is queued.
+//!
+//! Runs on the caller's thread (an HTTP connection task), so parsing, schema checks, canonical
+//! encoding, leaf hashing and Arrow building all happen in parallel across connections; a
+//! shard's writer only assigns positions, logs and acknowledges. The request is validated as a
+//! whole first: a refused request writes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use annals_format::hash::{leaf_hash, Hash};
+use annals_format::row::{encode_row, ColumnRef, Kind, ValueRef};
+use annals_lp::{FieldValue, Line, ParseOptions, Parser};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+    TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow::datatypes::Int32Type;
+use arrow::record_batch::RecordBatch;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::catalog::{Catalog, SchemaError, TableSchema};
+use crate::error::WriteError;
+
+/// Longest database name.
+pub const DB_NAME_MAX: usize = 64;
+
+/// Checks a database name: 1-64 of `A-Z a-z 0-9 _ -`.
+pub fn validate_db(db: &str) -> Result<(), WriteError> {
+    if db.is_empty() || db.len() > DB_NAME_MAX || !db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(WriteError::Database(db.to_owned()));
+    }
+    Ok(())
+}
+
+/// Rows of one table bound for one shard, ready for the writer.
+#[derive(Debug)]
+pub struct Chunk {
+    pub table: Arc<TableSchema>,
+    /// The rows as Arrow columns in the table's schema at preparation time.
+    pub batch: RecordBatch,
+    /// Canonical row encodings, concatenated; row `i` is `enc[offsets[i]..offsets[i + 1]]`.
+    pub enc: Vec<u8>,
+    pub offsets: Vec<u32>,
+    pub leaf_hashes: Vec<Hash>,
+    pub times: Vec<i64>,
+}
+
+impl Chunk {
+    pub fn rows(&self) -> usize {
+        self.leaf_hashes.len()
+    }
+    pub fn encoding(&self, i: usize) -> &[u8] {
+        &self.enc[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+/// Where each row of a chunk came from, kept by the requester for its receipt.
+#[derive(Debug, Clone)]
+pub struct ChunkOrigin {
+    pub table: String,
+    /// 1-based input line of each row.
+    pub lines: Vec<u32>,
+    /// Leaf hash of each row (to compute `tx_id`s once positions are known).
+    pub leaf_hashes: Vec<Hash>,
+}
+
+/// All rows of a request bound for one shard.
+#[derive(Debug)]
+pub struct ShardPart {
+    pub shard: usize,
+    pub chunks: Vec<Chunk>,
+}
+
+/// A validated request.
+#[derive(Debug)]
+pub struct Prepared {
+    pub parts: Vec<ShardPart>,
+    /// Parallel to `parts[i].chunks[j]`.
+    pub origins: Vec<Vec<ChunkOrigin>>,
+    pub rows: usize,
+    /// Lines refused under partial acceptance.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// What a write asks for beyond the body.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub parse: ParseOptions,
+    /// Write the valid lines and report the others, instead of refusing the whole request.
+    pub accept_partial: bool,
+}
+
+enum ColBuilder {
+    Tag(StringDictionaryBuilder<Int32Type>),
+    F64(Float64Builder),
+    I64(Int64Builder),
+    U64(UInt64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+}
+
+impl ColBuilder {
+    fn new(kind: Kind, cap: usize) -> Self {
+        match kind {
+            Kind::Tag => ColBuilder::Tag(StringDictionaryBuilder::with_capacity(cap, 64, 1024)),
+            Kind::F64 => ColBuilder::F64(Float64Builder::with_capacity(cap)),
+            Kind::I64 => ColBuilder::I64(Int64Builder::with_capacity(cap)),
+            Kind::U64 => ColBuilder::U64(UInt64Builder::with_capacity(cap)),
+            Kind::Bool => ColBuilder::Bool(BooleanBuilder::with_capacity(cap)),
+            Kind::Str => ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 8)),
+        }
+    }
+    fn append(&mut self, v: ValueRef<'_>) {
+        match (self, v) {
+            (ColBuilder::Tag(b), ValueRef::Tag(s)) => {
+                b.append_value(s);
+            }
+            (ColBuilder::F64(b), ValueRef::F64(x)) => b.append_value(x),
+            (ColBuilder::I64(b), ValueRef::I64(x)) => b.append_value(x),
+            (ColBuilder::U64(b), ValueRef::U64(x)) => b.append_value(x),
+            (ColBuilder::Bool(b), ValueRef::Bool(x)) => b.append_value(x),
+            (ColBuilder::Str(b), ValueRef::Str(s)) => b.append_value(s),
+            _ => unreachable!("kinds were checked against the schema"),
+        }
+    }
+    fn append_null(&mut self) {
+        match self {
+            ColBuilder::Tag(b) => b.append_null(),
+            ColBuilder::F64(b) => b.append_null(),
+            ColBuilder::I64(b) => b.append_null(),
+            ColBuilder::U64(b) => b.append_null(),
+            ColBuilder::Bool(b) => b.append_null(),
+            ColBuilder::Str(b) => b.append_null(),
+        }
+    }
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColBuilder::Tag(b) => Arc::new(b.finish()),
+            ColBuilder::F64(b) => Arc::new(b.finish()),
+            ColBuilder::I64(b) => Arc::new(b.finish()),
+            ColBuilder::U64(b) => Arc::new(b.finish()),
+            ColBuilder::Bool(b) => Arc::new(b.finish()),
+            ColBuilder::Str(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds one [`Chunk`] row by row.
+pub struct ChunkBuilder {
+    table: Arc<TableSchema>,
+    time: TimestampNanosecondBuilder,
+    cols: Vec<ColBuilder>,
+    filled: Vec<u32>,
+    enc: Vec<u8>,
+    offsets: Vec<u32>,
+    leaf_hashes: Vec<Hash>,
+    times: Vec<i64>,
+    lines: Vec<u32>,
+}
+
+impl std::fmt::Debug for ChunkBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkBuilder").field("table", &self.table.name).field("rows", &self.times.len()).finish()
+    }
+}
+
+impl ChunkBuilder {
+    pub fn new(table: Arc<TableSchema>, cap: usize) -> Self {
+        let cols = table.columns.iter().map(|(_, k)| ColBuilder::new(*k, cap)).collect();
+        let n = table.columns.len();
+        Self {
+            table,
+            time: TimestampNanosecondBuilder::with_capacity(cap),
+            cols,
+            filled: vec![0; n],
+            enc: Vec::with_capacity(cap * 200),
+            offsets: vec![0],
+            leaf_hashes: Vec::with_capacity(cap),
+            times: Vec::with_capacity(cap),
+            lines: Vec::with_capacity(cap),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Leaf hash of the row pushed last.
+    pub fn last_leaf_hash(&self) -> &Hash {
+        self.leaf_hashes.last().expect("a row was pushed")
+    }
+
+    /// Adds a row whose columns are sorted by name. Every column must exist in the schema with
+    /// its kind (checked by the caller); a violation is a bug and panics.
+    pub fn push(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>]) {
+        let stamp = self.times.len() as u32 + 1;
+        let before = self.enc.len();
+        encode_row(&mut self.enc, &self.table.name, time, cols).expect("columns sorted and unique");
+        self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
+        self.offsets.push(self.enc.len() as u32);
+        self.times.push(time);
+        self.lines.push(line);
+        self.time.append_value(time);
+        for c in cols {
+            let (i, kind) = self.table.column(c.name).expect("column checked against the schema");
+            debug_assert_eq!(kind, c.value.kind());
+            self.cols[i].append(c.value);
+            self.filled[i] = stamp;
+        }
+        for (i, b) in self.cols.iter_mut().enumerate() {
+            if self.filled[i] != stamp {
+                b.append_null();
+            }
+        }
+    }
+
+    /// Finishes the chunk and the requester's record of where its rows came from.
+    pub fn finish(mut self) -> (Chunk, ChunkOrigin) {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len() + 1);
+        arrays.push(Arc::new(self.time.finish()));
+        for c in &mut self.cols {
+            arrays.push(c.finish());
+        }
+        debug_assert!(arrays.iter().all(|a| a.len() == self.times.len()));
+        let batch = RecordBatch::try_new(self.table.arrow.clone(), arrays).expect("arrays match the table schema");
+        let origin = ChunkOrigin { table: self.table.name.clone(), lines: self.lines, leaf_hashes: self.leaf_hashes.clone() };
+        let chunk = Chunk {
+            table: self.table,
+            batch,
+            enc: self.enc,
+            offsets: self.offsets,
+            leaf_hashes: self.leaf_hashes,
+            times: self.times,
+        };
+        (chunk, origin)
+    }
+}
+
+/// The shard of a series: xxh3 of the table and its sorted tags.
+pub fn shard_of(table: &str, sorted_cols: &[ColumnRef<'_>], shards: usize) -> usize {
+    let mut h = Xxh3::new();
+    h.update(table.as_bytes());
+    for c in sorted_cols {
+        if let ValueRef::Tag(v) = c.value {
+            h.update(&[0]);
+            h.update(c.name.as_bytes());
+            h.update(&[1]);
+            h.update(v.as_bytes());
+        }
+    }
+    (h.digest() % shards as u64) as usize
+}
+
+fn value_of<'b>(v: &'b FieldValue<'_>) -> ValueRef<'b> {
+    match v {
+        FieldValue::F64(x) => ValueRef::F64(*x),
+        FieldValue::I64(x) => ValueRef::I64(*x),
+        FieldValue::U64(x) => ValueRef::U64(*x),
+        FieldValue::Bool(x) => ValueRef::Bool(*x),
+        FieldValue::Str(s) => ValueRef::Str(s),
+    }
+}
+
+/// Sorted column references of a parsed line (tags then fields, sorted bytewise by name).
+fn sorted_columns<'b>(line: &'b Line<'_>, out: &mut Vec<ColumnRef<'b>>) {
+    out.clear();
+    for (k, v) in &line.tags {
+        out.push(ColumnRef { name: k, value: ValueRef::Tag(v) });
+    }
+    for (k, v) in &line.fields {
+        out.push(ColumnRef { name: k, value: value_of(v) });
+    }
+    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+}
+
+/// Parses, validates and prepares a whole request against the catalog.
+pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, WriteError> {
+    validate_db(db)?;
+    let mut rejected: Vec<(usize, String)> = Vec::new();
+
+    // Pass 1: parse every line.
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    let mut parser = Parser::new(body, &opts.parse);
+    loop {
+        let mut line = Line::default();
+        match parser.next_into(&mut line) {
+            Ok(true) => lines.push(line),
+            Ok(false) => break,
+            Err(e) => {
+                if !opts.accept_partial {
+                    return Err(WriteError::Parse { line: e.line(), message: e.to_string() });
+                }
+                rejected.push((e.line(), e.to_string()));
+            }
+        }
+    }
+
+    // Pass 2: group by table and check kinds against the schema and within the request.
+    struct TableWork<'l> {
+        name: String,
+        current: Option<Arc<TableSchema>>,
+        new_cols: Vec<(&'l str, Kind)>,
+        new_index: HashMap<&'l str, Kind>,
+    }
+    let mut tables: Vec<TableWork<'_>> = Vec::new();
+    let mut by_measurement: HashMap<&str, usize> = HashMap::new();
+    let mut line_table: Vec<u32> = Vec::with_capacity(lines.len());
+    let mut ok: Vec<bool> = vec![true; lines.len()];
+    for (li, line) in lines.iter().enumerate() {
+        let m: &str = &line.measurement;
+        let ti = match by_measurement.get(m) {
+            Some(&i) => i,
+            None => {
+                let name = format!("{db}/{m}");
+                let current = catalog.table(&name);
+                tables.push(TableWork { name, current, new_cols: Vec::new(), new_index: HashMap::new() });
+                by_measurement.insert(m, tables.len() - 1);
+                tables.len() - 1
+            }
+        };
+        line_table.push(ti as u32);
+        let tw = &mut tables[ti];
+        let check = |name: &'_ str, kind: Kind| -> Result<(), SchemaError> {
+            if let Some(t) = &tw.current {
+                if let Some((_, k)) = t.column(name) {
+                    if k != kind {
+                        return Err(SchemaError::KindConflict {
+                            table: tw.name.clone(),
+                            column: name.to_owned(),
+                            existing: k,
+                            attempted: kind,
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+            if let Some(&k) = tw.new_index.get(name) {
+                if k != kind {
+                    return Err(SchemaError::KindConflict {
+                        table: tw.name.clone(),
+                        column: name.to_owned(),
+                        existing: k,
+                        attempted: kind,
+                    });
+                }
+            }
+            Ok(())
+        };
+        let mut err = None;
+        for (k, _) in &line.tags {
+            if let Err(e) = check(k, Kind::Tag) {
+                err = Some(e);
+                break;
+            }
+        }
+        if err.is_none() {
+            for (k, v) in &line.fields {
+                if let Err(e) = check(k, value_of(v).kind()) {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(source) = err {
+            if !opts.accept_partial {
+                return Err(WriteError::Conflict { line: line.line_number, source });
+            }
+            rejected.push((line.line_number, source.to_string()));
+            ok[li] = false;
+            continue;
+        }
+        // Record the columns this line adds.
+        let known = |n: &str| tw.current.as_ref().is_some_and(|t| t.column(n).is_some());
+        for (k, _) in &line.tags {
+            let k: &str = k;
+            if !known(k) && !tw.new_index.contains_key(k) {
+                tw.new_index.insert(k, Kind::Tag);
+                tw.new_cols.push((k, Kind::Tag));
+            }
+        }
+        for (k, v) in &line.fields {
+            let k: &str = k;
+            if !known(k) && !tw.new_index.contains_key(k) {
+                let kind = value_of(v).kind();
+                tw.new_index.insert(k, kind);
+                tw.new_cols.push((k, kind));
+            }
+        }
+    }
+    let accepted = ok.iter().filter(|&&b| b).count();
+    if accepted == 0 {
+        return Err(if rejected.is_empty() { WriteError::Empty } else { WriteError::Lines(rejected) });
+    }
+
+    // Pass 3: publish new columns (nothing is written yet if this fails).
+    let mut schemas: Vec<Arc<TableSchema>> = Vec::with_capacity(tables.len());
+    for tw in &tables {
+        let schema = match (&tw.current, tw.new_cols.is_empty()) {
+            (Some(t), true) => t.clone(),
+            _ => catalog.ensure(&tw.name, &tw.new_cols).map_err(|e| match e {
+                crate::error::EngineError::Schema(source) => {
+                    let line = lines
+                        .iter()
+                        .zip(&line_table)
+                        .find(|(_, &t)| tables[t as usize].name == tw.name)
+                        .map(|(l, _)| l.line_number)
+                        .unwrap_or(0);
+                    WriteError::Conflict { line, source }
+                }
+                other => WriteError::Engine(other),
+            })?,
+        };
+        schemas.push(schema);
+    }
+
+    // Pass 4: encode, hash and build chunks per (shard, table).
+    let mut builders: HashMap<(usize, u32), ChunkBuilder> = HashMap::new();
+    let mut cols: Vec<ColumnRef<'_>> = Vec::with_capacity(32);
+    let cap = (accepted / shards.max(1)).max(16);
+    for (li, line) in lines.iter().enumerate() {
+        if !ok[li] {
+            continue;
+        }
+        let ti = line_table[li];
+        let schema = &schemas[ti as usize];
+        sorted_columns(line, &mut cols);
+        let shard = shard_of(&schema.name, &cols, shards);
+        builders
+            .entry((shard, ti))
+            .or_insert_with(|| ChunkBuilder::new(schema.clone(), cap))
+            .push(line.line_number as u32, line.time_ns, &cols);
+    }
+    let mut keys: Vec<(usize, u32)> = builders.keys().copied().collect();
+    keys.sort_unstable();
+    let mut parts: Vec<ShardPart> = Vec::new();
+    let mut origins: Vec<Vec<ChunkOrigin>> = Vec::new();
+    for key in keys {
+        let b = builders.remove(&key).expect("key listed");
+        let (chunk, origin) = b.finish();
+        if parts.last().map(|p| p.shard) != Some(key.0) {
+            parts.push(ShardPart { shard: key.0, chunks: Vec::new() });
+            origins.push(Vec::new());
+        }
+        parts.last_mut().expect("pushed").chunks.push(chunk);
+        origins.last_mut().expect("pushed").push(origin);
+    }
+    Ok(Prepared { parts, origins, rows: accepted, rejected })
+}

@@ -1,0 +1,415 @@
+//! A shard's writer thread: positions, WAL, group commit, acknowledgement, seal decisions.
+//!
+//! The only thread that touches the shard's WAL and its open blocks. Each turn it takes every
+//! queued request (up to [`GROUP_MAX`]), assigns each row its `(branch, height, index)`, appends
+//! the rows to the WAL, decides which blocks to seal (full, aged, or over the memory budget),
+//! then makes all of it durable with **one** fsync and only then acknowledges. Sealed blocks
+//! go to the sealer after that fsync, so nothing downstream ever depends on a non-durable seal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals_format::block::BranchId;
+use annals_format::hash::Hash;
+use annals_storage::wal::Wal;
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use futures_channel::oneshot;
+use tracing::{debug, error};
+
+use crate::catalog::TableSchema;
+use crate::error::EngineError;
+use crate::prepare::{Chunk, ShardPart};
+use crate::receipt::Run;
+use crate::sealer::{SealJob, SealMsg};
+use crate::shared::{branch_id, Shared};
+use crate::slots::Slots;
+use crate::walrec;
+
+/// Most requests one group commit covers.
+pub const GROUP_MAX: usize = 256;
+/// Longest the writer sleeps when idle (it also wakes for block ages).
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(200);
+
+/// What a writer is asked to do.
+#[derive(Debug)]
+pub enum WriterMsg {
+    Write { part: ShardPart, reply: oneshot::Sender<Result<Vec<Vec<Run>>, EngineError>> },
+    /// Seal every open block and finish every block file, then reply.
+    Flush { reply: Sender<()> },
+    /// Flush, then stop.
+    Shutdown { reply: Sender<()> },
+}
+
+/// A block being filled.
+#[derive(Debug)]
+pub struct OpenBlock {
+    pub height: u64,
+    pub chunks: Vec<RecordBatch>,
+    pub leaf_hashes: Vec<Hash>,
+    pub time_min: i64,
+    pub time_max: i64,
+    pub opened: Instant,
+    pub first_segment: u64,
+}
+
+impl OpenBlock {
+    pub fn new(height: u64, first_segment: u64) -> Self {
+        Self {
+            height,
+            chunks: Vec::new(),
+            leaf_hashes: Vec::new(),
+            time_min: i64::MAX,
+            time_max: i64::MIN,
+            opened: Instant::now(),
+            first_segment,
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.leaf_hashes.len()
+    }
+    pub fn push(&mut self, batch: RecordBatch, leaf_hashes: &[Hash], times: &[i64]) {
+        debug_assert_eq!(batch.num_rows(), leaf_hashes.len());
+        for &t in times {
+            self.time_min = self.time_min.min(t);
+            self.time_max = self.time_max.max(t);
+        }
+        self.leaf_hashes.extend_from_slice(leaf_hashes);
+        self.chunks.push(batch);
+    }
+}
+
+/// A branch as its writer sees it.
+#[derive(Debug)]
+pub struct BranchState {
+    pub branch: BranchId,
+    pub table: String,
+    /// Height the next opened block gets.
+    pub next_height: u64,
+    pub open: Option<OpenBlock>,
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    pub shard: usize,
+    pub shared: Arc<Shared>,
+    pub rx: Receiver<WriterMsg>,
+    pub wal: Wal,
+    pub sealer: Sender<SealMsg>,
+    pub persisted: Receiver<Vec<u64>>,
+    pub slots: Arc<Slots>,
+    pub branches: HashMap<String, BranchState>,
+    /// Open blocks and sealed-but-not-in-a-finished-file blocks, by the first WAL segment that
+    /// holds their rows: segments below the smallest key may be deleted.
+    pub segment_refs: BTreeMap<u64, usize>,
+    pub pending: Vec<SealJob>,
+    pub poisoned: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("shard", &self.shard).field("branches", &self.branches.len()).finish()
+    }
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: usize,
+        shared: Arc<Shared>,
+        rx: Receiver<WriterMsg>,
+        wal: Wal,
+        sealer: Sender<SealMsg>,
+        persisted: Receiver<Vec<u64>>,
+        slots: Arc<Slots>,
+    ) -> Self {
+        Self {
+            shard,
+            shared,
+            rx,
+            wal,
+            sealer,
+            persisted,
+            slots,
+            branches: HashMap::new(),
+            segment_refs: BTreeMap::new(),
+            pending: Vec::new(),
+            poisoned: None,
+            buf: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    fn open_rows(&self) -> usize {
+        self.branches.values().filter_map(|b| b.open.as_ref()).map(|o| o.rows()).sum()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let age = self.shared.cfg.block_age;
+        self.branches
+            .values()
+            .filter_map(|b| b.open.as_ref())
+            .map(|o| o.opened + age)
+            .min()
+            .unwrap_or_else(|| Instant::now() + IDLE_WAIT_MAX)
+    }
+
+    /// Runs until shutdown or until every sender is gone.
+    pub fn run(mut self) {
+        loop {
+            let wait = self.next_deadline().saturating_duration_since(Instant::now()).min(IDLE_WAIT_MAX);
+            let mut msgs = Vec::new();
+            match self.rx.recv_timeout(wait) {
+                Ok(m) => msgs.push(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush_all();
+                    return;
+                }
+            }
+            while msgs.len() < GROUP_MAX {
+                match self.rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut acks = Vec::new();
+            let mut flushes = Vec::new();
+            let mut shutdown = None;
+            for m in msgs {
+                match m {
+                    WriterMsg::Write { part, reply } => {
+                        let result = self.apply(part);
+                        acks.push((reply, result));
+                    }
+                    WriterMsg::Flush { reply } => flushes.push(reply),
+                    WriterMsg::Shutdown { reply } => shutdown = Some(reply),
+                }
+            }
+            let flush = !flushes.is_empty() || shutdown.is_some();
+            if flush {
+                self.seal_all();
+            } else {
+                self.seal_aged();
+                self.seal_over_budget();
+            }
+            self.commit(acks);
+            if flush {
+                self.flush_sealer();
+                for r in flushes {
+                    let _ = r.send(());
+                }
+                if let Some(r) = shutdown {
+                    let _ = r.send(());
+                    return;
+                }
+            }
+            self.trim_wal();
+        }
+    }
+
+    /// One fsync for everything appended this turn, then acknowledgements, then seal jobs.
+    fn commit(&mut self, acks: Vec<(oneshot::Sender<Result<Vec<Vec<Run>>, EngineError>>, Result<Vec<Vec<Run>>, EngineError>)>) {
+        if self.poisoned.is_none() && (!acks.is_empty() || !self.pending.is_empty()) {
+            let started = Instant::now();
+            if let Err(e) = self.wal.sync() {
+                error!(shard = self.shard, error = %e, "WAL sync failed; shard refuses further writes");
+                self.poisoned = Some(e.to_string());
+            }
+            metrics::histogram!("annals_wal_sync_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let n = acks.len();
+        for (reply, result) in acks {
+            let result = match (&self.poisoned, result) {
+                (Some(p), _) => Err(EngineError::Poisoned(p.clone())),
+                (None, r) => r,
+            };
+            let _ = reply.send(result);
+        }
+        for _ in 0..n {
+            self.slots.release();
+        }
+        if self.poisoned.is_some() {
+            // Seal jobs of a poisoned shard are not durable; drop them (recovery rebuilds from the WAL).
+            self.pending.clear();
+            return;
+        }
+        for job in self.pending.drain(..) {
+            // Bounded channel: a slow sealer slows this writer, which fills its queue, which
+            // makes new requests wait and then get 503. That is the back-pressure chain.
+            if self.sealer.send(SealMsg::Seal(Box::new(job))).is_err() {
+                self.poisoned = Some("sealer thread stopped".into());
+                break;
+            }
+        }
+    }
+
+    fn apply(&mut self, part: ShardPart) -> Result<Vec<Vec<Run>>, EngineError> {
+        if let Some(p) = &self.poisoned {
+            return Err(EngineError::Poisoned(p.clone()));
+        }
+        let mut out = Vec::with_capacity(part.chunks.len());
+        for chunk in part.chunks {
+            match self.apply_chunk(chunk) {
+                Ok(runs) => out.push(runs),
+                Err(e) => {
+                    self.poisoned = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn branch_for(&mut self, table: &TableSchema) -> &mut BranchState {
+        let shard = self.shard;
+        let key = self.shared.public_key();
+        self.branches.entry(table.name.clone()).or_insert_with(|| BranchState {
+            branch: branch_id(&key, shard, &table.name),
+            table: table.name.clone(),
+            next_height: 0,
+            open: None,
+        })
+    }
+
+    fn apply_chunk(&mut self, chunk: Chunk) -> Result<Vec<Run>, EngineError> {
+        let block_rows = self.shared.cfg.block_rows;
+        let n = chunk.rows();
+        let mut runs = Vec::new();
+        let mut off = 0;
+        let segment = self.wal.current_segment();
+        while off < n {
+            let st = self.branch_for(&chunk.table);
+            if st.open.is_none() {
+                st.open = Some(OpenBlock::new(st.next_height, segment));
+                st.next_height += 1;
+                *self.segment_refs.entry(segment).or_default() += 1;
+            }
+            let st = self.branches.get_mut(&chunk.table.name).expect("just inserted");
+            let blk = st.open.as_mut().expect("opened above");
+            let take = (n - off).min(block_rows - blk.rows());
+            let first_index = blk.rows() as u32;
+            self.buf.clear();
+            walrec::encode_rows(&mut self.buf, &st.branch, blk.height, first_index, (off..off + take).map(|i| chunk.encoding(i)));
+            self.wal.append(&self.buf).map_err(EngineError::storage)?;
+            blk.push(chunk.batch.slice(off, take), &chunk.leaf_hashes[off..off + take], &chunk.times[off..off + take]);
+            runs.push(Run { branch: st.branch, height: blk.height, first_index, count: take as u32 });
+            off += take;
+            if blk.rows() >= block_rows {
+                let table = st.table.clone();
+                self.seal(&table)?;
+            }
+        }
+        metrics::counter!("annals_rows_written_total").increment(n as u64);
+        Ok(runs)
+    }
+
+    /// Seals the open block of `table`: a seal record goes to the WAL now, the job to the
+    /// sealer after the next fsync.
+    fn seal(&mut self, table: &str) -> Result<(), EngineError> {
+        let st = self.branches.get_mut(table).expect("branch exists");
+        let Some(blk) = st.open.take() else { return Ok(()) };
+        let schema = self.shared.catalog.table(table).expect("a table with rows is in the catalog");
+        let sealed_at = self.shared.clock.now_ns();
+        self.buf.clear();
+        walrec::encode_seal(&mut self.buf, &st.branch, blk.height, blk.rows() as u32, sealed_at, &schema.context_hash);
+        self.wal.append(&self.buf).map_err(EngineError::storage)?;
+        debug!(shard = self.shard, table, height = blk.height, rows = blk.rows(), "sealing block");
+        self.pending.push(SealJob {
+            branch: st.branch,
+            table: schema.clone(),
+            height: blk.height,
+            sealed_at,
+            context: schema.context_hash,
+            chunks: blk.chunks,
+            leaf_hashes: blk.leaf_hashes,
+            time_min: blk.time_min,
+            time_max: blk.time_max,
+            first_segment: blk.first_segment,
+            expect_hash: None,
+        });
+        Ok(())
+    }
+
+    fn seal_where(&mut self, pick: impl Fn(&OpenBlock) -> bool) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        let tables: Vec<String> =
+            self.branches.values().filter(|b| b.open.as_ref().is_some_and(&pick)).map(|b| b.table.clone()).collect();
+        for t in tables {
+            if let Err(e) = self.seal(&t) {
+                self.poisoned = Some(e.to_string());
+                return;
+            }
+        }
+    }
+
+    fn seal_all(&mut self) {
+        self.seal_where(|_| true);
+    }
+
+    fn seal_aged(&mut self) {
+        let age = self.shared.cfg.block_age;
+        let now = Instant::now();
+        self.seal_where(|o| now.duration_since(o.opened) >= age);
+    }
+
+    /// Keeps the open blocks of this shard under the memory budget by sealing the largest.
+    fn seal_over_budget(&mut self) {
+        let budget = self.shared.cfg.memtable_rows;
+        while self.poisoned.is_none() && self.open_rows() > budget {
+            let Some(t) = self
+                .branches
+                .values()
+                .filter_map(|b| b.open.as_ref().map(|o| (o.rows(), b.table.clone())))
+                .max()
+                .map(|(_, t)| t)
+            else {
+                break;
+            };
+            if let Err(e) = self.seal(&t) {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Asks the sealer to finish every file and waits for it; returns when all sealed blocks
+    /// are in finished files.
+    fn flush_sealer(&mut self) -> Option<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.sealer.send(SealMsg::Flush { reply: tx }).ok()?;
+        rx.recv().ok()?;
+        self.trim_wal();
+        Some(())
+    }
+
+    fn flush_all(&mut self) {
+        self.seal_all();
+        self.commit(Vec::new());
+        self.flush_sealer();
+    }
+
+    /// Deletes WAL segments every block of which is in a finished block file.
+    fn trim_wal(&mut self) {
+        while let Ok(segments) = self.persisted.try_recv() {
+            for s in segments {
+                match self.segment_refs.get_mut(&s) {
+                    Some(c) if *c > 1 => *c -= 1,
+                    Some(_) => {
+                        self.segment_refs.remove(&s);
+                    }
+                    None => error!(shard = self.shard, segment = s, "persisted notice for an untracked segment"),
+                }
+            }
+        }
+        if self.poisoned.is_some() {
+            return;
+        }
+        let keep_from = self.segment_refs.keys().next().copied().unwrap_or(self.wal.current_segment());
+        if let Err(e) = self.wal.remove_segments_before(keep_from) {
+            error!(shard = self.shard, error = %e, "could not delete old WAL segments");
+        }
+    }
+}

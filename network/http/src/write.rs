@@ -1,0 +1,231 @@
+//! The write endpoints: InfluxDB v1 (`/write`), v2 (`/api/v2/write`) and v3 (`/api/v3/write_lp`).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use annals_engine::{PrepareOptions, ReceiptForm, WriteError};
+use annals_lp::{ParseOptions, Precision};
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::idempotency::Answer;
+use crate::AppState;
+
+/// Which API flavour a request came through (decides parameter names and precision spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteApi {
+    V1,
+    V2,
+    V3,
+}
+
+/// Parses `precision` as the v1, v2 and v3 APIs spell it; v3 defaults to `auto`.
+fn precision(api: WriteApi, p: Option<&str>) -> Result<Precision, String> {
+    match p {
+        None | Some("") => Ok(if api == WriteApi::V3 { Precision::Auto } else { Precision::Nanoseconds }),
+        Some(p) => Precision::parse(p).ok_or_else(|| format!("unknown precision {p:?}: use ns, us, ms, s or auto")),
+    }
+}
+
+fn bool_param(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"))
+}
+
+fn error(code: StatusCode, msg: impl Into<String>, line: Option<usize>) -> (u16, Option<Value>) {
+    let msg = msg.into();
+    let kind = match code {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::PAYLOAD_TOO_LARGE => "too large",
+        StatusCode::UNPROCESSABLE_ENTITY => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal error",
+    };
+    let mut body = json!({ "code": kind, "error": msg, "message": msg });
+    if let Some(l) = line {
+        body["line"] = json!(l);
+    }
+    (code.as_u16(), Some(body))
+}
+
+fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)]) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = match body {
+        Some(b) => (code, Json(b)).into_response(),
+        None => code.into_response(),
+    };
+    for (k, v) in headers {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Inflates a gzip body, refusing to grow past `max` bytes.
+fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, (u16, Option<Value>)> {
+    let mut out = Vec::with_capacity(body.len() * 4);
+    let mut d = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    d.read_to_end(&mut out).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"), None))?;
+    if out.len() > max {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body exceeds {max} bytes"), None));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn write_v1(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+    let db = q.get("db").cloned().unwrap_or_default();
+    write(s, WriteApi::V1, db, q, h, body).await
+}
+
+pub(crate) async fn write_v2(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+    let db = q.get("bucket").or_else(|| q.get("db")).cloned().unwrap_or_default();
+    write(s, WriteApi::V2, db, q, h, body).await
+}
+
+pub(crate) async fn write_v3(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+    let db = q.get("db").cloned().unwrap_or_default();
+    write(s, WriteApi::V3, db, q, h, body).await
+}
+
+async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String>, h: HeaderMap, body: Bytes) -> Response {
+    let key = h.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(key) = key else {
+        return respond(write_once(&s, api, &db, &q, &h, &body).await, &[]);
+    };
+    let body_hash = xxhash_rust::xxh3::xxh3_64(&body) ^ xxhash_rust::xxh3::xxh3_64(db.as_bytes()).rotate_left(1);
+    let cell = s.idem.cell(&format!("{db}\0{key}"));
+    let result = cell
+        .get_or_try_init(|| async {
+            let (code, body) = write_once(&s, api, &db, &q, &h, &body).await;
+            // Only a write that happened is remembered; a refused one may be retried.
+            if (200..300).contains(&code) {
+                Ok::<Answer, (u16, Option<Value>)>((code, body, body_hash))
+            } else {
+                Err((code, body))
+            }
+        })
+        .await;
+    match result {
+        Ok((code, body, hash)) if *hash == body_hash => {
+            respond((*code, body.clone()), &[("idempotent-replayed", "true".to_owned())])
+        }
+        Ok(_) => respond(error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key was used with a different request body", None), &[]),
+        Err(answer) => respond(answer, &[]),
+    }
+}
+
+async fn write_once(s: &AppState, api: WriteApi, db: &str, q: &HashMap<String, String>, h: &HeaderMap, body: &Bytes) -> (u16, Option<Value>) {
+    let started = Instant::now();
+    if db.is_empty() {
+        let name = if api == WriteApi::V2 { "bucket" } else { "db" };
+        return error(StatusCode::BAD_REQUEST, format!("missing query parameter {name:?}"), None);
+    }
+    let precision = match precision(api, q.get("precision").map(String::as_str)) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m, None),
+    };
+    let gz = h.get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let inflated;
+    let bytes: &[u8] = if gz {
+        match gunzip(body, s.cfg.max_body_bytes) {
+            Ok(b) => {
+                inflated = b;
+                &inflated
+            }
+            Err(e) => return e,
+        }
+    } else {
+        body
+    };
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return (StatusCode::NO_CONTENT.as_u16(), None);
+    }
+    let want_receipt = bool_param(q, "receipt")
+        || q.get("receipt").is_some_and(|v| v == "compact")
+        || h.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));
+    let form = if q.get("receipt").is_some_and(|v| v == "compact") { ReceiptForm::Compact } else { ReceiptForm::Full };
+    let no_sync = bool_param(q, "no_sync");
+    let opts = PrepareOptions {
+        parse: ParseOptions { precision, default_time_ns: s.engine.clock().now_ns(), ..ParseOptions::default() },
+        accept_partial: bool_param(q, "accept_partial"),
+    };
+
+    let engine = &s.engine;
+    let mut prepared = match engine.prepare(db, bytes, &opts) {
+        Ok(p) => p,
+        Err(e) => return write_error(e),
+    };
+    // Wait for queue space, bounded.
+    let deadline = started + s.cfg.write_wait_max;
+    let mut backoff = Duration::from_micros(500);
+    let pending = loop {
+        match engine.submit(prepared) {
+            Ok(p) => break p,
+            Err(back) => {
+                if Instant::now() + backoff > deadline {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "ingest queues are full; retry later", None);
+                }
+                prepared = back;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+        }
+    };
+    if no_sync {
+        // Acknowledged before durable, as the client asked; the write completes in the background.
+        tokio::spawn(async move {
+            if let Err(e) = pending.wait().await {
+                tracing::error!(error = %e, "no_sync write failed after acknowledgement");
+            }
+        });
+        return (StatusCode::NO_CONTENT.as_u16(), None);
+    }
+    let outcome = match pending.wait().await {
+        Ok(o) => o,
+        Err(e) => return write_error(e),
+    };
+    metrics::histogram!("annals_write_seconds").record(started.elapsed().as_secs_f64());
+    if !outcome.rejected.is_empty() {
+        // Partial acceptance: the valid lines are written, the others reported (as InfluxDB does, 400).
+        let mut body = outcome.receipt(form);
+        body["error"] = json!(format!("{} lines rejected", outcome.rejected.len()));
+        body["code"] = json!("invalid");
+        return (StatusCode::BAD_REQUEST.as_u16(), Some(body));
+    }
+    if want_receipt {
+        (StatusCode::OK.as_u16(), Some(outcome.receipt(form)))
+    } else {
+        (StatusCode::NO_CONTENT.as_u16(), None)
+    }
+}
+
+fn write_error(e: WriteError) -> (u16, Option<Value>) {
+    match e {
+        WriteError::Parse { line, message } => error(StatusCode::BAD_REQUEST, message, Some(line)),
+        WriteError::Lines(lines) => {
+            let (code, body) = error(StatusCode::BAD_REQUEST, format!("{} lines rejected", lines.len()), Some(lines[0].0));
+            let mut body = body.expect("error has a body");
+            body["rejected"] = lines.iter().map(|(l, m)| json!({"line": l, "error": m})).collect();
+            (code, Some(body))
+        }
+        WriteError::Conflict { line, source } => error(StatusCode::UNPROCESSABLE_ENTITY, format!("line {line}: {source}"), Some(line)),
+        e @ WriteError::Database(_) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
+        WriteError::Empty => (StatusCode::NO_CONTENT.as_u16(), None),
+        WriteError::Overloaded => error(StatusCode::SERVICE_UNAVAILABLE, "ingest queues are full; retry later", None),
+        WriteError::Engine(annals_engine::EngineError::ShuttingDown) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down", None)
+        }
+        e => {
+            tracing::error!(error = %e, "write failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Block files: many sealed blocks of one branch in one Parquet file, one row group per block.
+//!
+//! A file is written under a `.tmp` name while blocks are appended, then finished (footer with
+//! key-value metadata `annals.format = "1"` and `annals.blocks`, the JSON list of the blocks'
+//! headers and signatures in row-group order), fsynced and renamed to its final name, and the
+//! directory fsynced. A `.tmp` file is therefore never a durable file: after a crash it is
+//! deleted and its blocks are rebuilt from the WAL, which the engine keeps until the rename.
+//!
+//! The Arrow schema of a block is derived from the ledger column kinds ([`arrow_type`]):
+//! `time` is `Timestamp(ns)`, tags are `Dictionary(Int32, Utf8)`, fields are `Float64`,
+//! `Int64`, `UInt64`, `Boolean` or `Utf8`. [`row_encodings`] turns a block's rows back into
+//! canonical row encodings, which is what an audit re-hashes.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use annals_format::block::BlockHeader;
+use annals_format::row::{encode_row, ColumnRef, Kind, ValueRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
+    TimestampNanosecondArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// Name of the time column in every block.
+pub const TIME_COLUMN: &str = "time";
+/// Key-value metadata key holding the format version.
+pub const META_FORMAT: &str = "annals.format";
+/// Key-value metadata key holding the blocks' headers and signatures.
+pub const META_BLOCKS: &str = "annals.blocks";
+/// Suffix of a file still being written.
+pub const TMP_SUFFIX: &str = ".parquet.tmp";
+/// Suffix of a finished file.
+pub const FILE_SUFFIX: &str = ".parquet";
+
+/// Errors reading or writing block files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockFileError {
+    #[error("block file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("block file {path}: parquet: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("block file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("block of table {table}: column {column:?} has unsupported type {data_type}")]
+    Schema {
+        table: String,
+        column: String,
+        data_type: DataType,
+    },
+}
+
+/// The Arrow type of a ledger column kind.
+pub fn arrow_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Tag => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        Kind::F64 => DataType::Float64,
+        Kind::I64 => DataType::Int64,
+        Kind::U64 => DataType::UInt64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Str => DataType::Utf8,
+    }
+}
+
+/// The ledger kind of an Arrow column, if it is one this format writes.
+pub fn kind_of(data_type: &DataType) -> Option<Kind> {
+    Some(match data_type {
+        DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => Kind::Tag,
+        DataType::Float64 => Kind::F64,
+        DataType::Int64 => Kind::I64,
+        DataType::UInt64 => Kind::U64,
+        DataType::Boolean => Kind::Bool,
+        DataType::Utf8 => Kind::Str,
+        _ => return None,
+    })
+}
+
+/// The `time` column's field.
+pub fn time_field() -> Field {
+    Field::new(
+        TIME_COLUMN,
+        DataType::Timestamp(TimeUnit::Nanosecond, None),
+        false,
+    )
+}
+
+/// An Arrow schema for a table whose columns are `(name, kind)` in table order.
+pub fn table_schema<'a>(columns: impl IntoIterator<Item = (&'a str, Kind)>) -> SchemaRef {
+    let mut fields = vec![time_field()];
+    fields.extend(
+        columns
+            .into_iter()
+            .map(|(n, k)| Field::new(n, arrow_type(k), true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// One block as listed in a file's footer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    /// Encoded header (hex in JSON).
+    #[serde(with = "hex_bytes")]
+    pub header: Vec<u8>,
+    /// Ed25519 signature of the block hash (hex in JSON).
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+    /// Row group holding the block's rows.
+    pub row_group: u32,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes blocks of one branch into one Parquet file.
+pub struct BlockFileWriter {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    schema: SchemaRef,
+    blocks: Vec<BlockEntry>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for BlockFileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockFileWriter")
+            .field("path", &self.final_path)
+            .field("blocks", &self.blocks.len())
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+/// Writer settings: one row group per block, zstd, page statistics for pruning.
+fn writer_properties(block_rows_max: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(block_rows_max.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+impl BlockFileWriter {
+    /// Creates `<dir>/<stem>.parquet.tmp`, to become `<dir>/<stem>.parquet` on [`finish`](Self::finish).
+    pub fn create(
+        dir: &Path,
+        stem: &str,
+        schema: SchemaRef,
+        block_rows_max: usize,
+    ) -> Result<Self, BlockFileError> {
+        let tmp_path = dir.join(format!("{stem}{TMP_SUFFIX}"));
+        let final_path = dir.join(format!("{stem}{FILE_SUFFIX}"));
+        let file = File::create(&tmp_path).map_err(|source| BlockFileError::Io {
+            path: tmp_path.clone(),
+            source,
+        })?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.clone(),
+            Some(writer_properties(block_rows_max)),
+        )
+        .map_err(|source| BlockFileError::Parquet {
+            path: tmp_path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            tmp_path,
+            final_path,
+            writer,
+            schema,
+            blocks: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+    pub fn bytes_written(&self) -> usize {
+        self.writer.bytes_written()
+    }
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Appends one block as one row group. The batch must have this file's schema and exactly
+    /// `row_count` rows of the header.
+    pub fn write_block(
+        &mut self,
+        batch: &RecordBatch,
+        header: &BlockHeader,
+        signature: &[u8; 64],
+    ) -> Result<u32, BlockFileError> {
+        assert_eq!(
+            batch.schema(),
+            self.schema,
+            "block schema differs from the file's"
+        );
+        assert_eq!(
+            batch.num_rows(),
+            header.row_count as usize,
+            "block rows differ from its header"
+        );
+        let row_group = self.blocks.len() as u32;
+        let perr = |source| BlockFileError::Parquet {
+            path: self.tmp_path.clone(),
+            source,
+        };
+        self.writer.write(batch).map_err(perr)?;
+        self.writer
+            .flush()
+            .map_err(|source| BlockFileError::Parquet {
+                path: self.tmp_path.clone(),
+                source,
+            })?;
+        assert_eq!(
+            self.writer.flushed_row_groups().len(),
+            row_group as usize + 1,
+            "one row group per block"
+        );
+        self.blocks.push(BlockEntry {
+            header: header.encode(),
+            signature: signature.to_vec(),
+            row_group,
+        });
+        self.rows += batch.num_rows() as u64;
+        Ok(row_group)
+    }
+
+    /// Writes the footer, fsyncs, renames to the final name and fsyncs the directory.
+    /// Returns the final path and the blocks it holds.
+    pub fn finish(mut self) -> Result<(PathBuf, Vec<BlockEntry>), BlockFileError> {
+        let blocks_json = serde_json::to_string(&self.blocks).expect("block entries serialize");
+        self.writer
+            .append_key_value_metadata(KeyValue::new(META_FORMAT.to_owned(), "1".to_owned()));
+        self.writer
+            .append_key_value_metadata(KeyValue::new(META_BLOCKS.to_owned(), blocks_json));
+        let tmp = self.tmp_path.clone();
+        self.writer
+            .finish()
+            .map_err(|source| BlockFileError::Parquet {
+                path: tmp.clone(),
+                source,
+            })?;
+        let buf = self.writer.inner_mut();
+        buf.flush().map_err(|source| BlockFileError::Io { path: tmp.clone(), source })?;
+        buf.get_ref().sync_all().map_err(|source| BlockFileError::Io { path: tmp.clone(), source })?;
+        drop(self.writer);
+        std::fs::rename(&tmp, &self.final_path).map_err(|source| BlockFileError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        if let Some(dir) = self.final_path.parent() {
+            fsutil::fsync_dir(dir).map_err(|source| BlockFileError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        Ok((self.final_path, self.blocks))
+    }
+}
+
+/// A finished block file opened for reading.
+#[derive(Debug)]
+pub struct BlockFileReader {
+    path: PathBuf,
+    blocks: Vec<BlockEntry>,
+    schema: SchemaRef,
+    row_groups: usize,
+}
+
+impl BlockFileReader {
+    /// Opens a file and reads its footer. Fails if the footer, the metadata or the row-group
+    /// count is not what a finished block file has.
+    pub fn open(path: &Path) -> Result<Self, BlockFileError> {
+        let corrupt = |reason: String| BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| BlockFileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+            BlockFileError::Parquet {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let meta = builder.metadata();
+        let kv = meta
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default();
+        let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+        match get(META_FORMAT).as_deref() {
+            Some("1") => {}
+            other => {
+                return Err(corrupt(format!(
+                    "missing or unknown {META_FORMAT}: {other:?}"
+                )))
+            }
+        }
+        let blocks: Vec<BlockEntry> = serde_json::from_str(
+            &get(META_BLOCKS).ok_or_else(|| corrupt(format!("missing {META_BLOCKS}")))?,
+        )
+        .map_err(|e| corrupt(format!("{META_BLOCKS}: {e}")))?;
+        let row_groups = meta.num_row_groups();
+        if blocks.len() != row_groups {
+            return Err(corrupt(format!(
+                "{} blocks listed but {row_groups} row groups",
+                blocks.len()
+            )));
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            if b.row_group as usize != i {
+                return Err(corrupt(format!(
+                    "block {i} names row group {}",
+                    b.row_group
+                )));
+            }
+            if b.signature.len() != 64 {
+                return Err(corrupt(format!(
+                    "block {i}: signature of {} bytes",
+                    b.signature.len()
+                )));
+            }
+            let h = BlockHeader::decode(&b.header)
+                .map_err(|e| corrupt(format!("block {i}: header: {e}")))?;
+            let rows = meta.row_group(i).num_rows();
+            if rows != h.row_count as i64 {
+                return Err(corrupt(format!(
+                    "row group {i} has {rows} rows, its header says {}",
+                    h.row_count
+                )));
+            }
+        }
+        let schema = builder.schema().clone();
+        Ok(Self {
+            path: path.to_owned(),
+            blocks,
+            schema,
+            row_groups,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn blocks(&self) -> &[BlockEntry] {
+        &self.blocks
+    }
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+    pub fn row_groups(&self) -> usize {
+        self.row_groups
+    }
+
+    /// Reads the rows of one row group as one batch.
+    pub fn read_row_group(&self, row_group: usize) -> Result<RecordBatch, BlockFileError> {
+        let perr = |source| BlockFileError::Parquet {
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(|source| BlockFileError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(perr)?
+            .with_row_groups(vec![row_group])
+            .with_batch_size(usize::MAX >> 8)
+            .build()
+            .map_err(|source| BlockFileError::Parquet {
+                path: self.path.clone(),
+                source,
+            })?;
+        let mut batches = Vec::new();
+        for b in reader {
+            batches.push(b.map_err(|e| BlockFileError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?);
+        }
+        arrow::compute::concat_batches(&self.schema, &batches).map_err(|e| {
+            BlockFileError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+/// The canonical row encodings of a block's rows, in order: what `rows_root` is computed over.
+pub fn row_encodings(table: &str, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, BlockFileError> {
+    enum Col<'a> {
+        Tag(
+            &'a arrow::array::DictionaryArray<Int32Type>,
+            &'a StringArray,
+        ),
+        F64(&'a Float64Array),
+        I64(&'a Int64Array),
+        U64(&'a UInt64Array),
+        Bool(&'a BooleanArray),
+        Str(&'a StringArray),
+    }
+    let schema = batch.schema();
+    let time_idx = schema
+        .index_of(TIME_COLUMN)
+        .map_err(|_| BlockFileError::Schema {
+            table: table.to_owned(),
+            column: TIME_COLUMN.to_owned(),
+            data_type: DataType::Null,
+        })?;
+    let times = batch
+        .column(time_idx)
+        .as_primitive_opt::<arrow::datatypes::TimestampNanosecondType>()
+        .ok_or_else(|| BlockFileError::Schema {
+            table: table.to_owned(),
+            column: TIME_COLUMN.into(),
+            data_type: batch.column(time_idx).data_type().clone(),
+        })?;
+    let times: &TimestampNanosecondArray = times;
+    // Columns sorted by name: the canonical order.
+    let mut cols: Vec<(&str, &ArrayRef)> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| f.name() != TIME_COLUMN)
+        .map(|(f, a)| (f.name().as_str(), a))
+        .collect();
+    cols.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut typed: Vec<(&str, Col<'_>)> = Vec::with_capacity(cols.len());
+    for (name, a) in &cols {
+        let bad = || BlockFileError::Schema {
+            table: table.to_owned(),
+            column: (*name).to_owned(),
+            data_type: a.data_type().clone(),
+        };
+        let c = match kind_of(a.data_type()).ok_or_else(bad)? {
+            Kind::Tag => {
+                let d = a.as_dictionary::<Int32Type>();
+                let values = d.values().as_string_opt::<i32>().ok_or_else(bad)?;
+                Col::Tag(d, values)
+            }
+            Kind::F64 => Col::F64(a.as_primitive()),
+            Kind::I64 => Col::I64(a.as_primitive()),
+            Kind::U64 => Col::U64(a.as_primitive()),
+            Kind::Bool => Col::Bool(a.as_boolean()),
+            Kind::Str => Col::Str(a.as_string()),
+        };
+        typed.push((name, c));
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let mut refs: Vec<ColumnRef<'_>> = Vec::with_capacity(typed.len());
+    for row in 0..batch.num_rows() {
+        if times.is_null(row) {
+            return Err(BlockFileError::Corrupt {
+                path: PathBuf::new(),
+                reason: format!("row {row} of {table} has no time"),
+            });
+        }
+        refs.clear();
+        for (name, c) in &typed {
+            let value = match c {
+                Col::Tag(d, values) => d.key(row).map(|k| ValueRef::Tag(values.value(k))),
+                Col::F64(a) => a.is_valid(row).then(|| ValueRef::F64(a.value(row))),
+                Col::I64(a) => a.is_valid(row).then(|| ValueRef::I64(a.value(row))),
+                Col::U64(a) => a.is_valid(row).then(|| ValueRef::U64(a.value(row))),
+                Col::Bool(a) => a.is_valid(row).then(|| ValueRef::Bool(a.value(row))),
+                Col::Str(a) => a.is_valid(row).then(|| ValueRef::Str(a.value(row))),
+            };
+            if let Some(value) = value {
+                refs.push(ColumnRef { name, value });
+            }
+        }
+        let mut enc = Vec::with_capacity(64 + refs.len() * 24);
+        encode_row(&mut enc, table, times.value(row), &refs).map_err(|e| {
+            BlockFileError::Corrupt {
+                path: PathBuf::new(),
+                reason: format!("row {row}: {e}"),
+            }
+        })?;
+        out.push(enc);
+    }
+    Ok(out)
+}
