@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use annals_format::hash::{leaf_hash, Hash};
-use annals_format::row::{encode_row, ColumnRef, Kind, ValueRef};
+use annals_format::row::{encode_row, encode_row_presorted, ColumnRef, Kind, ValueRef};
 use annals_lp::{FieldValue, Line, ParseOptions, Parser};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
@@ -194,6 +194,13 @@ impl ChunkBuilder {
     /// Adds a row whose columns are sorted by name. Every column must exist in the schema with
     /// its kind (checked by the caller); a violation is a bug and panics.
     pub fn push(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>]) {
+        let idx: Vec<usize> = cols.iter().map(|c| self.table.column(c.name).expect("column checked against the schema").0).collect();
+        self.push_indexed(line, time, cols, &idx);
+    }
+
+    /// [`push`](Self::push) with each column's schema position already known.
+    pub fn push_indexed(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>], idx: &[usize]) {
+        debug_assert_eq!(cols.len(), idx.len());
         let stamp = self.times.len() as u32 + 1;
         let before = self.enc.len();
         encode_row(&mut self.enc, &self.table.name, time, cols).expect("columns sorted and unique");
@@ -202,9 +209,32 @@ impl ChunkBuilder {
         self.times.push(time);
         self.lines.push(line);
         self.time.append_value(time);
-        for c in cols {
-            let (i, kind) = self.table.column(c.name).expect("column checked against the schema");
-            debug_assert_eq!(kind, c.value.kind());
+        for (c, &i) in cols.iter().zip(idx) {
+            debug_assert_eq!(self.table.columns[i].1, c.value.kind());
+            debug_assert_eq!(self.table.columns[i].0, c.name);
+            self.cols[i].append(c.value);
+            self.filled[i] = stamp;
+        }
+        for (i, b) in self.cols.iter_mut().enumerate() {
+            if self.filled[i] != stamp {
+                b.append_null();
+            }
+        }
+    }
+
+    /// Adds a parsed line whose [`Shape`] (canonical order and schema positions) is known.
+    fn push_shaped(&mut self, line: &Line<'_>, shape: &Shape) {
+        let stamp = self.times.len() as u32 + 1;
+        let before = self.enc.len();
+        let sorted = || shape.perm.iter().map(|&p| input_column(line, p));
+        encode_row_presorted(&mut self.enc, &self.table.name, line.time_ns, shape.perm.len(), sorted());
+        self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
+        self.offsets.push(self.enc.len() as u32);
+        self.times.push(line.time_ns);
+        self.lines.push(line.line_number as u32);
+        self.time.append_value(line.time_ns);
+        for (c, &i) in sorted().zip(&shape.idx) {
+            debug_assert_eq!(self.table.columns[i].0, c.name);
             self.cols[i].append(c.value);
             self.filled[i] = stamp;
         }
@@ -238,7 +268,7 @@ impl ChunkBuilder {
 }
 
 /// The shard of a series: xxh3 of the table and its sorted tags.
-pub fn shard_of(table: &str, sorted_cols: &[ColumnRef<'_>], shards: usize) -> usize {
+pub fn shard_of<'c>(table: &str, sorted_cols: impl IntoIterator<Item = ColumnRef<'c>>, shards: usize) -> usize {
     let mut h = Xxh3::new();
     h.update(table.as_bytes());
     for c in sorted_cols {
@@ -262,21 +292,160 @@ fn value_of<'b>(v: &'b FieldValue<'_>) -> ValueRef<'b> {
     }
 }
 
-/// Sorted column references of a parsed line (tags then fields, sorted bytewise by name).
-fn sorted_columns<'b>(line: &'b Line<'_>, out: &mut Vec<ColumnRef<'b>>) {
-    out.clear();
-    for (k, v) in &line.tags {
-        out.push(ColumnRef { name: k, value: ValueRef::Tag(v) });
+
+/// Column names and kinds of a line in input order (tags, then fields), with the canonical
+/// (sorted) order and, once the schema is final, each column's schema position. Consecutive
+/// lines of a table almost always share a shape, so the per-column work (kind checks, sorting,
+/// schema lookups) is done once per shape instead of once per line.
+#[derive(Debug, Default)]
+struct Shape {
+    cols: Vec<(String, Kind)>,
+    perm: Vec<usize>,
+    idx: Vec<usize>,
+}
+
+impl Shape {
+    fn matches(&self, line: &Line<'_>) -> bool {
+        if line.tags.len() + line.fields.len() != self.cols.len() {
+            return false;
+        }
+        let t = line.tags.len();
+        line.tags.iter().zip(&self.cols).all(|((k, _), (n, kind))| *kind == Kind::Tag && n == k)
+            && line.fields.iter().zip(&self.cols[t..]).all(|((k, v), (n, kind))| *kind == value_of(v).kind() && n == k)
     }
-    for (k, v) in &line.fields {
-        out.push(ColumnRef { name: k, value: value_of(v) });
+
+    fn of(line: &Line<'_>, schema: Option<&TableSchema>) -> Shape {
+        let mut cols: Vec<(String, Kind)> = Vec::with_capacity(line.tags.len() + line.fields.len());
+        cols.extend(line.tags.iter().map(|(k, _)| (k.to_string(), Kind::Tag)));
+        cols.extend(line.fields.iter().map(|(k, v)| (k.to_string(), value_of(v).kind())));
+        let mut perm: Vec<usize> = (0..cols.len()).collect();
+        perm.sort_unstable_by(|&a, &b| cols[a].0.as_bytes().cmp(cols[b].0.as_bytes()));
+        let idx = match schema {
+            Some(s) => perm.iter().map(|&p| s.column(&cols[p].0).expect("schema has every column").0).collect(),
+            None => Vec::new(),
+        };
+        Shape { cols, perm, idx }
     }
-    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+
+    /// The shape of `line` if every column exists in `schema` with the same kind.
+    fn within(line: &Line<'_>, schema: &TableSchema) -> Option<Shape> {
+        let tags_ok = line.tags.iter().all(|(k, _)| schema.column(k).is_some_and(|(_, kind)| kind == Kind::Tag));
+        let fields_ok = line.fields.iter().all(|(k, v)| schema.column(k).is_some_and(|(_, kind)| kind == value_of(v).kind()));
+        (tags_ok && fields_ok).then(|| Shape::of(line, Some(schema)))
+    }
+}
+
+/// The column at input position `p` of a line (tags first, then fields).
+#[inline]
+fn input_column<'b>(line: &'b Line<'_>, p: usize) -> ColumnRef<'b> {
+    match line.tags.get(p) {
+        Some((k, v)) => ColumnRef { name: k, value: ValueRef::Tag(v) },
+        None => {
+            let (k, v) = &line.fields[p - line.tags.len()];
+            ColumnRef { name: k, value: value_of(v) }
+        }
+    }
+}
+
+/// Chunk builders by (table, shard) for one request.
+struct Chunks {
+    shards: usize,
+    cap: usize,
+    builders: Vec<Option<ChunkBuilder>>,
+}
+
+impl Chunks {
+    fn new(shards: usize, tables: usize, cap: usize) -> Self {
+        Self { shards, cap, builders: (0..shards * tables).map(|_| None).collect() }
+    }
+
+    fn push(&mut self, schema: &Arc<TableSchema>, ti: usize, line: &Line<'_>, shape: &Shape) {
+        let shard = shard_of(&schema.name, shape.perm.iter().map(|&p| input_column(line, p)), self.shards);
+        let slot = ti * self.shards + shard;
+        if slot >= self.builders.len() {
+            self.builders.resize_with(slot + 1, || None);
+        }
+        self.builders[slot].get_or_insert_with(|| ChunkBuilder::new(schema.clone(), self.cap)).push_shaped(line, shape);
+    }
+
+    /// Per-shard parts (ascending shard), each with its chunks in table order.
+    fn finish(self) -> (Vec<ShardPart>, Vec<Vec<ChunkOrigin>>) {
+        let shards = self.shards;
+        let mut parts: Vec<ShardPart> = Vec::new();
+        let mut origins: Vec<Vec<ChunkOrigin>> = Vec::new();
+        let mut by_shard: Vec<Vec<ChunkBuilder>> = (0..shards).map(|_| Vec::new()).collect();
+        for (slot, b) in self.builders.into_iter().enumerate() {
+            if let Some(b) = b {
+                by_shard[slot % shards].push(b);
+            }
+        }
+        for (shard, builders) in by_shard.into_iter().enumerate() {
+            if builders.is_empty() {
+                continue;
+            }
+            let (chunks, o): (Vec<Chunk>, Vec<ChunkOrigin>) = builders.into_iter().map(ChunkBuilder::finish).unzip();
+            parts.push(ShardPart { shard, chunks });
+            origins.push(o);
+        }
+        (parts, origins)
+    }
+}
+
+/// The common case in one pass and without keeping parsed lines: every line's table exists
+/// and has all of the line's columns with the same kinds. Returns `None` as soon as a line
+/// needs more (a new table or column, or a kind conflict), so [`prepare`] takes the general
+/// path, which reports conflicts and adds columns.
+fn prepare_known(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Option<Prepared>, WriteError> {
+    struct Known {
+        measurement: String,
+        schema: Arc<TableSchema>,
+        shape: Shape,
+    }
+    let mut tables: Vec<Known> = Vec::new();
+    let mut chunks = Chunks::new(shards, 0, (body.len() / 200 / shards.max(1)).clamp(16, 1 << 16));
+    let mut parser = Parser::new(body, &opts.parse);
+    let mut line = Line::default();
+    let mut rows = 0usize;
+    loop {
+        match parser.next_into(&mut line) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(WriteError::Parse { line: e.line(), message: e.to_string() }),
+        }
+        let m: &str = &line.measurement;
+        let ti = match tables.iter().position(|t| t.measurement == m) {
+            Some(i) => i,
+            None => {
+                let Some(schema) = catalog.table(&format!("{db}/{m}")) else { return Ok(None) };
+                tables.push(Known { measurement: m.to_owned(), schema, shape: Shape::default() });
+                tables.len() - 1
+            }
+        };
+        let t = &mut tables[ti];
+        if !t.shape.matches(&line) {
+            match Shape::within(&line, &t.schema) {
+                Some(s) => t.shape = s,
+                None => return Ok(None),
+            }
+        }
+        chunks.push(&t.schema, ti, &line, &t.shape);
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(WriteError::Empty);
+    }
+    let (parts, origins) = chunks.finish();
+    Ok(Some(Prepared { parts, origins, rows, rejected: Vec::new() }))
 }
 
 /// Parses, validates and prepares a whole request against the catalog.
 pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, WriteError> {
     validate_db(db)?;
+    if !opts.accept_partial {
+        if let Some(p) = prepare_known(catalog, shards, db, body, opts)? {
+            return Ok(p);
+        }
+    }
     let mut rejected: Vec<(usize, String)> = Vec::new();
 
     // Pass 1: parse every line.
@@ -298,29 +467,32 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
 
     // Pass 2: group by table and check kinds against the schema and within the request.
     struct TableWork<'l> {
+        measurement: &'l str,
         name: String,
         current: Option<Arc<TableSchema>>,
         new_cols: Vec<(&'l str, Kind)>,
         new_index: HashMap<&'l str, Kind>,
+        checked: Shape,
     }
     let mut tables: Vec<TableWork<'_>> = Vec::new();
-    let mut by_measurement: HashMap<&str, usize> = HashMap::new();
     let mut line_table: Vec<u32> = Vec::with_capacity(lines.len());
     let mut ok: Vec<bool> = vec![true; lines.len()];
     for (li, line) in lines.iter().enumerate() {
         let m: &str = &line.measurement;
-        let ti = match by_measurement.get(m) {
-            Some(&i) => i,
+        let ti = match tables.iter().position(|t| t.measurement == m) {
+            Some(i) => i,
             None => {
                 let name = format!("{db}/{m}");
                 let current = catalog.table(&name);
-                tables.push(TableWork { name, current, new_cols: Vec::new(), new_index: HashMap::new() });
-                by_measurement.insert(m, tables.len() - 1);
+                tables.push(TableWork { measurement: m, name, current, new_cols: Vec::new(), new_index: HashMap::new(), checked: Shape::default() });
                 tables.len() - 1
             }
         };
         line_table.push(ti as u32);
         let tw = &mut tables[ti];
+        if tw.checked.matches(line) {
+            continue;
+        }
         let check = |name: &'_ str, kind: Kind| -> Result<(), SchemaError> {
             if let Some(t) = &tw.current {
                 if let Some((_, k)) = t.column(name) {
@@ -387,6 +559,7 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
                 tw.new_cols.push((k, kind));
             }
         }
+        tw.checked = Shape::of(line, None);
     }
     let accepted = ok.iter().filter(|&&b| b).count();
     if accepted == 0 {
@@ -415,35 +588,20 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
     }
 
     // Pass 4: encode, hash and build chunks per (shard, table).
-    let mut builders: HashMap<(usize, u32), ChunkBuilder> = HashMap::new();
-    let mut cols: Vec<ColumnRef<'_>> = Vec::with_capacity(32);
-    let cap = (accepted / shards.max(1)).max(16);
+    let mut chunks = Chunks::new(shards, tables.len(), (accepted / shards.max(1)).max(16));
+    let mut shapes: Vec<Shape> = (0..tables.len()).map(|_| Shape::default()).collect();
     for (li, line) in lines.iter().enumerate() {
         if !ok[li] {
             continue;
         }
-        let ti = line_table[li];
-        let schema = &schemas[ti as usize];
-        sorted_columns(line, &mut cols);
-        let shard = shard_of(&schema.name, &cols, shards);
-        builders
-            .entry((shard, ti))
-            .or_insert_with(|| ChunkBuilder::new(schema.clone(), cap))
-            .push(line.line_number as u32, line.time_ns, &cols);
-    }
-    let mut keys: Vec<(usize, u32)> = builders.keys().copied().collect();
-    keys.sort_unstable();
-    let mut parts: Vec<ShardPart> = Vec::new();
-    let mut origins: Vec<Vec<ChunkOrigin>> = Vec::new();
-    for key in keys {
-        let b = builders.remove(&key).expect("key listed");
-        let (chunk, origin) = b.finish();
-        if parts.last().map(|p| p.shard) != Some(key.0) {
-            parts.push(ShardPart { shard: key.0, chunks: Vec::new() });
-            origins.push(Vec::new());
+        let ti = line_table[li] as usize;
+        let schema = &schemas[ti];
+        let shape = &mut shapes[ti];
+        if !shape.matches(line) {
+            *shape = Shape::of(line, Some(schema));
         }
-        parts.last_mut().expect("pushed").chunks.push(chunk);
-        origins.last_mut().expect("pushed").push(origin);
+        chunks.push(schema, ti, line, shape);
     }
+    let (parts, origins) = chunks.finish();
     Ok(Prepared { parts, origins, rows: accepted, rejected })
 }
