@@ -23,7 +23,7 @@ use crate::checkpointer::{CheckpointMsg, Checkpointer};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, WriteError};
-use crate::prepare::{prepare, ChunkBuilder, ChunkOrigin, PrepareOptions, Prepared};
+use crate::prepare::{prepare, ChunkBuilder, ChunkOrigin, PrepareOptions, Prepared, RequestTag};
 use crate::receipt::{Run, WriteOutcome};
 use crate::sealer::{SealJob, SealMsg, Sealer};
 use crate::shared::{BranchHead, Shared};
@@ -63,6 +63,7 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<()>>>,
     report: RecoveryReport,
     created_key: bool,
+    recovered: Mutex<HashMap<String, RecoveredRequest>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -85,10 +86,24 @@ struct RecBlock {
     first_segment: u64,
 }
 
+/// One shard's answer: to wait for, or known already (a keyed part found in the WAL at start).
+#[derive(Debug)]
+enum Reply {
+    Wait(oneshot::Receiver<Result<Vec<Vec<Run>>, EngineError>>),
+    Ready(Vec<Vec<Run>>),
+}
+
+/// What recovery found of a keyed request: its body hash and each part's positions, if durable.
+#[derive(Debug, Clone)]
+pub struct RecoveredRequest {
+    pub body_hash: u64,
+    pub parts: Vec<Option<Vec<Vec<Run>>>>,
+}
+
 /// A request queued on its shards, waiting for durability.
 #[derive(Debug)]
 pub struct PendingWrite {
-    replies: Vec<oneshot::Receiver<Result<Vec<Vec<Run>>, EngineError>>>,
+    replies: Vec<Reply>,
     origins: Vec<Vec<ChunkOrigin>>,
     rows: usize,
     rejected: Vec<(usize, String)>,
@@ -100,7 +115,11 @@ impl PendingWrite {
         let mut chunks = Vec::new();
         let mut first_err = None;
         for (reply, origins) in self.replies.into_iter().zip(self.origins) {
-            match reply.await {
+            let answer = match reply {
+                Reply::Ready(runs) => Ok(Ok(runs)),
+                Reply::Wait(rx) => rx.await,
+            };
+            match answer {
                 Ok(Ok(runs)) => chunks.extend(origins.into_iter().zip(runs)),
                 Ok(Err(e)) => {
                     first_err.get_or_insert(WriteError::Engine(e));
@@ -179,7 +198,6 @@ impl Engine {
                 report.damaged.push(format!("unexpected entry {}", bdir.display()));
                 continue;
             };
-            let log = logs.iter().find_map(|m| m.get(&branch));
             for file in read_dir_sorted(&bdir)? {
                 let fname = file.to_string_lossy().to_string();
                 if fname.ends_with(TMP_SUFFIX) {
@@ -190,6 +208,14 @@ impl Engine {
                 if !fname.ends_with(FILE_SUFFIX) {
                     continue;
                 }
+                if let Some(log) = logs.iter_mut().find_map(|m| m.get_mut(&branch)) {
+                    match restore_log_tail(&file, log, &key.verifying_key().to_bytes()) {
+                        Ok(0) => {}
+                        Ok(n) => warn!(file = %file.display(), records = n, "branch log was behind its block file; restored its tail from the file's footer"),
+                        Err(msg) => return Err(EngineError::Corrupt(msg)),
+                    }
+                }
+                let log = logs.iter().find_map(|m| m.get(&branch));
                 match check_block_file(&file, &branch, log) {
                     Ok(heights) => {
                         report.block_files += 1;
@@ -208,6 +234,7 @@ impl Engine {
         let checkpoints = Arc::new(Mutex::new(checkpoints));
         let mut threads = Vec::new();
         let mut shards = Vec::new();
+        let mut recovered: HashMap<String, RecoveredRequest> = HashMap::new();
 
         for (shard, shard_logs) in logs.into_iter().enumerate() {
             let wal_dir = dir.join("wal").join(format!("{shard:03}"));
@@ -248,6 +275,14 @@ impl Engine {
                             return Err(format!("seal of block {height} names {row_count} rows, the WAL has {}", b.rows.len()));
                         }
                         b.seal = Some((row_count, sealed_at, context));
+                    }
+                    WalRecord::Request { key, body_hash, part, parts, runs } => {
+                        let r = recovered
+                            .entry(key.to_owned())
+                            .or_insert_with(|| RecoveredRequest { body_hash, parts: vec![None; parts as usize] });
+                        if r.body_hash == body_hash && (part as usize) < r.parts.len() {
+                            r.parts[part as usize] = Some(runs);
+                        }
                     }
                 }
                 Ok(())
@@ -358,6 +393,7 @@ impl Engine {
             threads: Mutex::new(threads),
             report,
             created_key,
+            recovered: Mutex::new(recovered),
         })
     }
 
@@ -400,23 +436,47 @@ impl Engine {
     /// Queues a prepared request on its shards, all or nothing. When a shard's queue is full
     /// the request is handed back untouched so the caller can wait and retry, or give up (503).
     pub fn submit(&self, prepared: Prepared) -> Result<PendingWrite, Prepared> {
-        let slots: Vec<&Slots> = prepared.parts.iter().map(|p| &*self.shards[p.shard].slots).collect();
+        self.submit_keyed(prepared, None, &[])
+    }
+
+    /// [`submit`](Self::submit) for a request with an idempotency key (`(key, body hash)`):
+    /// each shard logs the positions of its part with the key, so a retry after a restart can
+    /// be answered from the WAL. Parts listed in `done` (from [`take_recovered`](Self::take_recovered))
+    /// are not written again; their positions are answered as they were.
+    pub fn submit_keyed(&self, prepared: Prepared, key: Option<(&str, u64)>, done: &[Option<Vec<Vec<Run>>>]) -> Result<PendingWrite, Prepared> {
+        let is_done = |i: usize| done.get(i).is_some_and(|d| d.is_some());
+        let slots: Vec<&Slots> =
+            prepared.parts.iter().enumerate().filter(|(i, _)| !is_done(*i)).map(|(_, p)| &*self.shards[p.shard].slots).collect();
         if !acquire_all(&slots) {
             metrics::counter!("annals_writes_throttled_total").increment(1);
             return Err(prepared);
         }
         let Prepared { parts, origins, rows, rejected } = prepared;
+        let nparts = parts.len() as u16;
+        let key: Option<(Arc<str>, u64)> = key.map(|(k, h)| (Arc::from(k), h));
         let mut replies = Vec::with_capacity(parts.len());
-        for part in parts {
+        for (i, mut part) in parts.into_iter().enumerate() {
+            if let Some(Some(runs)) = done.get(i) {
+                replies.push(Reply::Ready(runs.clone()));
+                continue;
+            }
+            if let Some((k, h)) = &key {
+                part.request = Some(RequestTag { key: k.clone(), body_hash: *h, part: i as u16, parts: nparts });
+            }
             let (tx, rx) = oneshot::channel();
             let shard = part.shard;
             if let Err(e) = self.shards[shard].tx.send(WriterMsg::Write { part, reply: tx }) {
                 // The writer is gone (shutdown); its slot will never be released, which is fine.
                 drop(e);
             }
-            replies.push(rx);
+            replies.push(Reply::Wait(rx));
         }
         Ok(PendingWrite { replies, origins, rows, rejected })
+    }
+
+    /// Takes what recovery found of a keyed request, if its part records were in the WAL.
+    pub fn take_recovered(&self, key: &str) -> Option<RecoveredRequest> {
+        self.recovered.lock().remove(key)
     }
 
     /// Seals every open block, finishes every block file and writes a checkpoint; returns the
@@ -487,6 +547,37 @@ fn check_node_file(dir: &Path, shards: usize) -> Result<(), EngineError> {
         }
         Err(e) => Err(EngineError::io(&path, e)),
     }
+}
+
+/// A branch log can only be behind a finished block file if its last records were lost (the log
+/// is fsynced before a file is finished, so only damage does that). The file's footer holds the
+/// same headers and signatures: re-append the missing ones, each checked against the node's
+/// key and the log's chain, so heights are never reused. Returns how many were restored.
+fn restore_log_tail(path: &Path, log: &mut BranchLog, pubkey: &[u8; 32]) -> Result<usize, String> {
+    let Ok(reader) = BlockFileReader::open(path) else { return Ok(0) }; // reported by check_block_file
+    let mut restored = 0;
+    for b in reader.blocks() {
+        let Ok(h) = annals_format::block::BlockHeader::decode(&b.header) else { return Ok(restored) };
+        if h.height < log.size() {
+            continue;
+        }
+        if h.height > log.size() {
+            return Err(format!(
+                "{}: holds block {} but the branch log ends at {}: records in between are lost",
+                path.display(),
+                h.height,
+                log.size()
+            ));
+        }
+        let sig: [u8; 64] = b.signature.as_slice().try_into().map_err(|_| format!("{}: bad signature length", path.display()))?;
+        annals_format::sign::verify(pubkey, &h.hash(), &sig).map_err(|e| format!("{}: block {}: {e}", path.display(), h.height))?;
+        log.append(&h, &sig).map_err(|e| format!("{}: restoring block {}: {e}", path.display(), h.height))?;
+        restored += 1;
+    }
+    if restored > 0 {
+        log.sync().map_err(|e| e.to_string())?;
+    }
+    Ok(restored)
 }
 
 /// Checks a finished block file against its branch log; returns the heights it holds.

@@ -38,7 +38,7 @@ pub mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::EngineConfig;
-pub use engine::{Engine, PendingWrite, RecoveryReport};
+pub use engine::{Engine, PendingWrite, RecoveredRequest, RecoveryReport};
 pub use error::{EngineError, WriteError};
 pub use prepare::PrepareOptions;
 pub use receipt::{ReceiptForm, Run, WriteOutcome};

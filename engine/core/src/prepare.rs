@@ -70,6 +70,17 @@ pub struct ChunkOrigin {
 pub struct ShardPart {
     pub shard: usize,
     pub chunks: Vec<Chunk>,
+    /// Set for requests with an `Idempotency-Key`: the writer logs the part's positions.
+    pub request: Option<RequestTag>,
+}
+
+/// Identifies one shard's part of a keyed request in the WAL.
+#[derive(Debug, Clone)]
+pub struct RequestTag {
+    pub key: Arc<str>,
+    pub body_hash: u64,
+    pub part: u16,
+    pub parts: u16,
 }
 
 /// A validated request.
@@ -384,7 +395,7 @@ impl Chunks {
                 continue;
             }
             let (chunks, o): (Vec<Chunk>, Vec<ChunkOrigin>) = builders.into_iter().map(ChunkBuilder::finish).unzip();
-            parts.push(ShardPart { shard, chunks });
+            parts.push(ShardPart { shard, chunks, request: None });
             origins.push(o);
         }
         (parts, origins)

@@ -3,7 +3,11 @@
 //! ```text
 //! rows := 1:u8 | branch:16 | height:u64 | first_index:u32 | count:u32 | (len:u32 | row) * count
 //! seal := 2:u8 | branch:16 | height:u64 | row_count:u32 | sealed_at:i64 | context:32
+//! request := 3:u8 | key:str | body_hash:u64 | part:u16 | parts:u16 | nchunks:u16
+//!            | (nruns:u32 | (branch:16 | height:u64 | first_index:u32 | count:u32) * nruns) * nchunks
 //! ```
+//! A request record follows the rows records of one shard's part of a request that carried an
+//! `Idempotency-Key`, in the same group commit: if it is durable, so are the rows it lists.
 //! Rows are canonical row encodings (the table is inside each), so replay needs nothing else.
 //! A seal record fixes everything of the header that is not derived from the rows, so a block
 //! rebuilt from the WAL after a crash has exactly the hash it had before.
@@ -11,14 +15,38 @@
 use annals_format::block::BranchId;
 use annals_format::hash::Hash;
 
+use crate::receipt::Run;
+
 const TAG_ROWS: u8 = 1;
 const TAG_SEAL: u8 = 2;
+const TAG_REQUEST: u8 = 3;
 
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
 pub enum WalRecord<'a> {
     Rows { branch: BranchId, height: u64, first_index: u32, rows: Vec<&'a [u8]> },
     Seal { branch: BranchId, height: u64, row_count: u32, sealed_at: i64, context: Hash },
+    Request { key: &'a str, body_hash: u64, part: u16, parts: u16, runs: Vec<Vec<Run>> },
+}
+
+/// Appends a request record: the positions one shard gave a keyed request's part.
+pub fn encode_request(out: &mut Vec<u8>, key: &str, body_hash: u64, part: u16, parts: u16, runs: &[Vec<Run>]) {
+    out.push(TAG_REQUEST);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&body_hash.to_le_bytes());
+    out.extend_from_slice(&part.to_le_bytes());
+    out.extend_from_slice(&parts.to_le_bytes());
+    out.extend_from_slice(&(runs.len() as u16).to_le_bytes());
+    for chunk in runs {
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        for r in chunk {
+            out.extend_from_slice(&r.branch);
+            out.extend_from_slice(&r.height.to_le_bytes());
+            out.extend_from_slice(&r.first_index.to_le_bytes());
+            out.extend_from_slice(&r.count.to_le_bytes());
+        }
+    }
 }
 
 /// Appends a rows record to `out` for `rows` (each a canonical encoding).
@@ -81,6 +109,29 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
             sealed_at: i64::from_le_bytes(arr(b)?),
             context: arr::<32>(b)?,
         },
+        TAG_REQUEST => {
+            let len = u32::from_le_bytes(arr(b)?) as usize;
+            let key = std::str::from_utf8(take(b, len)?).map_err(|_| "request key is not UTF-8".to_string())?;
+            let body_hash = u64::from_le_bytes(arr(b)?);
+            let part = u16::from_le_bytes(arr(b)?);
+            let parts = u16::from_le_bytes(arr(b)?);
+            let nchunks = u16::from_le_bytes(arr(b)?) as usize;
+            let mut runs = Vec::with_capacity(nchunks);
+            for _ in 0..nchunks {
+                let n = u32::from_le_bytes(arr(b)?) as usize;
+                let mut chunk = Vec::with_capacity(n.min(b.len() / 32));
+                for _ in 0..n {
+                    chunk.push(Run {
+                        branch: arr::<16>(b)?,
+                        height: u64::from_le_bytes(arr(b)?),
+                        first_index: u32::from_le_bytes(arr(b)?),
+                        count: u32::from_le_bytes(arr(b)?),
+                    });
+                }
+                runs.push(chunk);
+            }
+            WalRecord::Request { key, body_hash, part, parts, runs }
+        }
         t => return Err(format!("unknown WAL record type {t}")),
     };
     if !b.is_empty() {
@@ -107,6 +158,10 @@ mod tests {
         );
         out.push(0);
         assert!(decode(&out).is_err());
+        let runs = vec![vec![Run { branch: [2; 16], height: 5, first_index: 3, count: 7 }], vec![]];
+        let mut out = Vec::new();
+        encode_request(&mut out, "db\0k", 42, 1, 3, &runs);
+        assert_eq!(decode(&out).unwrap(), WalRecord::Request { key: "db\0k", body_hash: 42, part: 1, parts: 3, runs });
         assert!(decode(&out[..10]).is_err());
     }
 }

@@ -259,6 +259,16 @@ impl Writer {
                 }
             }
         }
+        if let Some(tag) = &part.request {
+            // Same group commit as the rows: a durable request record implies durable rows.
+            self.buf.clear();
+            walrec::encode_request(&mut self.buf, &tag.key, tag.body_hash, tag.part, tag.parts, &out);
+            if let Err(e) = self.wal.append(&self.buf) {
+                let e = EngineError::storage(e);
+                self.poisoned = Some(e.to_string());
+                return Err(e);
+            }
+        }
         Ok(out)
     }
 

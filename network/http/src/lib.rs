@@ -70,6 +70,8 @@ pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHa
         .route("/ping", get(ping).head(ping))
         .route("/metrics", get(metrics_text))
         .route("/api/v3/flush", post(flush))
+        // A body announced larger than the limit is answered 413 before it is read.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(cfg.max_body_bytes))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
 }

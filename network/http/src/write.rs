@@ -98,13 +98,20 @@ pub(crate) async fn write_v3(State(s): State<AppState>, Query(q): Query<HashMap<
 async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String>, h: HeaderMap, body: Bytes) -> Response {
     let key = h.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let Some(key) = key else {
-        return respond(write_once(&s, api, &db, &q, &h, &body).await, &[]);
+        return respond(write_once(&s, api, &db, &q, &h, &body, None).await, &[]);
     };
-    let body_hash = xxhash_rust::xxh3::xxh3_64(&body) ^ xxhash_rust::xxh3::xxh3_64(db.as_bytes()).rotate_left(1);
-    let cell = s.idem.cell(&format!("{db}\0{key}"));
+    let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
+    let full_key = format!("{db}\0{key}");
+    let cell = s.idem.cell(&full_key);
     let result = cell
         .get_or_try_init(|| async {
-            let (code, body) = write_once(&s, api, &db, &q, &h, &body).await;
+            // After a restart the WAL may hold this request's parts: answer those, write the rest.
+            let recovered = s.engine.take_recovered(&full_key);
+            if recovered.as_ref().is_some_and(|r| r.body_hash != body_hash) {
+                return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key was used with a different request body", None));
+            }
+            let keyed = Keyed { key: &full_key, body_hash, done: recovered.map(|r| r.parts).unwrap_or_default() };
+            let (code, body) = write_once(&s, api, &db, &q, &h, &body, Some(keyed)).await;
             // Only a write that happened is remembered; a refused one may be retried.
             if (200..300).contains(&code) {
                 Ok::<Answer, (u16, Option<Value>)>((code, body, body_hash))
@@ -122,7 +129,22 @@ async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String
     }
 }
 
-async fn write_once(s: &AppState, api: WriteApi, db: &str, q: &HashMap<String, String>, h: &HeaderMap, body: &Bytes) -> (u16, Option<Value>) {
+/// A request's idempotency key, its body hash, and parts already durable before a restart.
+struct Keyed<'k> {
+    key: &'k str,
+    body_hash: u64,
+    done: Vec<Option<Vec<Vec<annals_engine::Run>>>>,
+}
+
+async fn write_once(
+    s: &AppState,
+    api: WriteApi,
+    db: &str,
+    q: &HashMap<String, String>,
+    h: &HeaderMap,
+    body: &Bytes,
+    keyed: Option<Keyed<'_>>,
+) -> (u16, Option<Value>) {
     let started = Instant::now();
     if db.is_empty() {
         let name = if api == WriteApi::V2 { "bucket" } else { "db" };
@@ -166,8 +188,15 @@ async fn write_once(s: &AppState, api: WriteApi, db: &str, q: &HashMap<String, S
     // Wait for queue space, bounded.
     let deadline = started + s.cfg.write_wait_max;
     let mut backoff = Duration::from_micros(500);
+    let (key, done) = match &keyed {
+        Some(k) => (Some((k.key, k.body_hash)), k.done.as_slice()),
+        None => (None, &[][..]),
+    };
+    if !done.is_empty() && done.len() != prepared.parts.len() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key names a request of another shape", None);
+    }
     let pending = loop {
-        match engine.submit(prepared) {
+        match engine.submit_keyed(prepared, key, done) {
             Ok(p) => break p,
             Err(back) => {
                 if Instant::now() + backoff > deadline {

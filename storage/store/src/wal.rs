@@ -130,6 +130,9 @@ pub struct WalConfig {
     /// replay reports as corruption instead of a torn tail. A process crash alone loses nothing
     /// that `sync` wrote. Only for benchmarks and writes the client marked `no_sync`.
     pub no_sync: bool,
+    /// Replay only: never cut a torn tail or remove a torn segment, just report it in
+    /// [`ReplayStats::torn_bytes_cut`] (what a cut would remove). For audits of a live node.
+    pub read_only: bool,
 }
 
 impl Default for WalConfig {
@@ -139,6 +142,7 @@ impl Default for WalConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
             no_sync: false,
+            read_only: false,
         }
     }
 }
@@ -281,7 +285,7 @@ where
         stats.segments += 1;
         let file = OpenOptions::new()
             .read(true)
-            .write(last)
+            .write(last && !cfg.read_only)
             .open(&path)
             .map_err(io_err("opening", &path))?;
         let len = file
@@ -305,9 +309,11 @@ where
                 "removing WAL segment with a torn header"
             );
             drop(file);
-            fs::remove_file(&path).map_err(io_err("removing", &path))?;
-            if !cfg.no_sync {
-                fsutil::fsync_dir(dir).map_err(io_err("syncing directory", dir))?;
+            if !cfg.read_only {
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                if !cfg.no_sync {
+                    fsutil::fsync_dir(dir).map_err(io_err("syncing directory", dir))?;
+                }
             }
             stats.torn_bytes_cut += len;
             break;
@@ -334,9 +340,11 @@ where
                 );
                 drop(reader);
                 drop(file);
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
-                if !cfg.no_sync {
-                    fsutil::fsync_dir(dir).map_err(io_err("syncing directory", dir))?;
+                if !cfg.read_only {
+                    fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                    if !cfg.no_sync {
+                        fsutil::fsync_dir(dir).map_err(io_err("syncing directory", dir))?;
+                    }
                 }
                 stats.torn_bytes_cut += len;
                 break;
@@ -377,7 +385,9 @@ where
                                 reason = %reason,
                                 "cutting torn WAL tail"
                             );
-                            if cfg.no_sync {
+                            if cfg.read_only {
+                                Ok(())
+                            } else if cfg.no_sync {
                                 file.set_len(offset)
                             } else {
                                 fsutil::truncate_durable(&file, offset)
