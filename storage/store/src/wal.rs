@@ -665,6 +665,7 @@ mod tests {
             frame_bytes_max: 4096,
             buffer_bytes_max: 300,
             no_sync: false,
+            read_only: false,
         }
     }
 
