@@ -66,7 +66,10 @@ proptest! {
         shards in 1usize..=3,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let engine = open(config(dir.path(), shards, block_rows));
+        // Content, not power-loss durability, is the property: skip fsync to stay fast.
+        let mut cfg = config(dir.path(), shards, block_rows);
+        cfg.unsafe_no_sync = true;
+        let engine = open(cfg);
         let mut receipts = Vec::new();
         let mut written = Vec::new();
         for req in &requests {
