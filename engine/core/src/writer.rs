@@ -219,16 +219,17 @@ impl Writer {
             }
             metrics::histogram!("annals_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         }
-        let n = acks.len();
+        // Slots first: a client that sends its next request as soon as it hears back must find
+        // its own slot free again.
+        for _ in 0..acks.len() {
+            self.slots.release();
+        }
         for (reply, result) in acks {
             let result = match (&self.poisoned, result) {
                 (Some(p), _) => Err(EngineError::Poisoned(p.clone())),
                 (None, r) => r,
             };
             let _ = reply.send(result);
-        }
-        for _ in 0..n {
-            self.slots.release();
         }
         if self.poisoned.is_some() {
             // Seal jobs of a poisoned shard are not durable; drop them (recovery rebuilds from the WAL).

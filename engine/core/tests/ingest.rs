@@ -782,7 +782,6 @@ fn back_pressure_refuses_submits_and_loses_nothing_accepted() {
 }
 
 #[test]
-#[ignore = "engine bug: writer.rs Writer::commit sends acknowledgements before releasing queue slots, so a client's own acknowledged request can refuse its next one"]
 fn a_sequential_client_is_never_refused_by_its_own_acknowledged_request() {
     // queue_depth 1 means one request in flight per shard. A client that waits for each
     // acknowledgement before sending the next never has more than one, so it must never be
