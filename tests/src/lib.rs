@@ -15,15 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use annals_format::block::{tx_id, BlockHeader};
 use annals_format::hash::{leaf_hash, to_hex};
 use annals_format::merkle::root_of;
 use annals_storage::block_file::{row_encodings, BlockFileReader, FILE_SUFFIX};
+use anyhow::{bail, Context, Result};
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A running `annals serve`.
@@ -58,7 +61,10 @@ impl Server {
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.args)
-            .env("ANNALS_LOG", std::env::var("ANNALS_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "ANNALS_LOG",
+                std::env::var("ANNALS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -140,7 +146,16 @@ impl Drop for Server {
 pub fn receipt_rows(receipt: &serde_json::Value) -> Vec<(u64, String)> {
     receipt["entries"]
         .as_array()
-        .map(|a| a.iter().map(|e| (e["line"].as_u64().unwrap_or(0), e["tx_id"].as_str().unwrap_or("").to_owned())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["line"].as_u64().unwrap_or(0),
+                        e["tx_id"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -161,10 +176,14 @@ pub struct StoredRow {
 pub fn read_ledger(data_dir: &Path) -> Result<BTreeMap<String, StoredRow>> {
     let mut out = BTreeMap::new();
     let blocks = data_dir.join("blocks");
-    let mut dirs: Vec<_> = std::fs::read_dir(&blocks)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+    let mut dirs: Vec<_> = std::fs::read_dir(&blocks)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
     dirs.sort();
     for d in dirs {
-        let mut files: Vec<_> = std::fs::read_dir(&d)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+        let mut files: Vec<_> = std::fs::read_dir(&d)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
         files.sort();
         for f in files {
             if !f.to_string_lossy().ends_with(FILE_SUFFIX) {
@@ -177,11 +196,22 @@ pub fn read_ledger(data_dir: &Path) -> Result<BTreeMap<String, StoredRow>> {
                 let rows = row_encodings(&h.table, &batch)?;
                 let leaves: Vec<_> = rows.iter().map(|x| leaf_hash(x)).collect();
                 if root_of(&leaves) != h.rows_root {
-                    bail!("{}: block {} does not re-hash to its header", f.display(), h.height);
+                    bail!(
+                        "{}: block {} does not re-hash to its header",
+                        f.display(),
+                        h.height
+                    );
                 }
                 for (i, (enc, leaf)) in rows.into_iter().zip(leaves).enumerate() {
                     let t = to_hex(&tx_id(&h.branch, h.height, i as u32, &leaf));
-                    let row = StoredRow { table: h.table.clone(), branch: to_hex(&h.branch), height: h.height, index: i as u32, tx_id: t.clone(), encoding: enc };
+                    let row = StoredRow {
+                        table: h.table.clone(),
+                        branch: to_hex(&h.branch),
+                        height: h.height,
+                        index: i as u32,
+                        tx_id: t.clone(),
+                        encoding: enc,
+                    };
                     if out.insert(t.clone(), row).is_some() {
                         bail!("tx_id {t} stored twice");
                     }

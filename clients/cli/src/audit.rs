@@ -12,7 +12,10 @@ pub(crate) fn run(data_dir: &Path, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         println!(
             "branches {}  blocks {} ({} checked in {} files, {} pending in WAL)  rows {}  checkpoints {}",
@@ -27,7 +30,14 @@ pub(crate) fn run(data_dir: &Path, json: bool) -> ExitCode {
         for p in &report.problems {
             println!("PROBLEM {}: {}", p.location, p.message);
         }
-        println!("{}", if report.ok() { "audit: OK" } else { "audit: FAILED" });
+        println!(
+            "{}",
+            if report.ok() {
+                "audit: OK"
+            } else {
+                "audit: FAILED"
+            }
+        );
     }
     if report.ok() {
         ExitCode::SUCCESS

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "annals", version, about = "annals: a verifiable time-series ledger for sensor data")]
+#[command(
+    name = "annals",
+    version,
+    about = "annals: a verifiable time-series ledger for sensor data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

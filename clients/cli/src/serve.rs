@@ -75,7 +75,10 @@ impl ServeArgs {
 
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ANNALS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ANNALS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cfg = args.engine_config();
@@ -100,14 +103,22 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     if engine.created_key() {
         info!(node_key = %hex::encode(engine.public_key()), "created a new node key");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("annals-io").build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("annals-io")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("annals serve: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let http_cfg = HttpConfig { max_body_bytes: args.max_body_bytes, write_wait_max: args.write_wait, ..HttpConfig::default() };
+    let http_cfg = HttpConfig {
+        max_body_bytes: args.max_body_bytes,
+        write_wait_max: args.write_wait,
+        ..HttpConfig::default()
+    };
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.http_addr)
             .await
@@ -137,7 +148,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

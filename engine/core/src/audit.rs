@@ -50,15 +50,23 @@ impl AuditReport {
         self.problems.is_empty()
     }
     fn problem(&mut self, location: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { location: location.into(), message: message.into() });
+        self.problems.push(Problem {
+            location: location.into(),
+            message: message.into(),
+        });
     }
 }
 
 fn node_key(dir: &Path) -> Result<[u8; 32], EngineError> {
     let path = dir.join(crate::keys::NODE_KEY_FILE);
     let bytes = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
-    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| EngineError::Corrupt(format!("{}: not a 32-byte key", path.display())))?;
-    Ok(annals_format::sign::SigningKey::from_bytes(&seed).verifying_key().to_bytes())
+    let seed: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| EngineError::Corrupt(format!("{}: not a 32-byte key", path.display())))?;
+    Ok(annals_format::sign::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes())
 }
 
 /// Audits `data_dir`. `Err` only when the directory cannot be read at all; everything found
@@ -71,7 +79,11 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
     let mut logs: HashMap<BranchId, BranchLog> = HashMap::new();
     let bdir = data_dir.join("branches");
     for entry in sorted(&bdir)? {
-        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let mut branch = [0u8; 16];
         if hex::decode_to_slice(&name, &mut branch).is_err() {
             r.problem(entry.display().to_string(), "not a branch directory");
@@ -89,10 +101,16 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                     match log.header(h) {
                         Ok((header, _, sig)) => {
                             if let Err(e) = verify(&pubkey, &header.hash(), &sig) {
-                                r.problem(format!("{}/blocks.log height {h}", entry.display()), format!("signature: {e}"));
+                                r.problem(
+                                    format!("{}/blocks.log height {h}", entry.display()),
+                                    format!("signature: {e}"),
+                                );
                             }
                         }
-                        Err(e) => r.problem(format!("{}/blocks.log height {h}", entry.display()), e.to_string()),
+                        Err(e) => r.problem(
+                            format!("{}/blocks.log height {h}", entry.display()),
+                            e.to_string(),
+                        ),
                     }
                 }
                 r.blocks_in_logs += log.size();
@@ -129,21 +147,45 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                     }
                 };
                 if !seen.insert((header.branch, header.height)) {
-                    r.problem(&at, format!("block {} of branch {} stored twice", header.height, to_hex(&header.branch)));
+                    r.problem(
+                        &at,
+                        format!(
+                            "block {} of branch {} stored twice",
+                            header.height,
+                            to_hex(&header.branch)
+                        ),
+                    );
                 }
                 match logs.get(&header.branch) {
-                    None => r.problem(&at, format!("branch {} has no branch log", to_hex(&header.branch))),
-                    Some(log) if header.height >= log.size() => {
-                        r.problem(&at, format!("block {} is beyond its branch log (size {})", header.height, log.size()))
-                    }
+                    None => r.problem(
+                        &at,
+                        format!("branch {} has no branch log", to_hex(&header.branch)),
+                    ),
+                    Some(log) if header.height >= log.size() => r.problem(
+                        &at,
+                        format!(
+                            "block {} is beyond its branch log (size {})",
+                            header.height,
+                            log.size()
+                        ),
+                    ),
                     Some(log) => match log.header(header.height) {
-                        Ok((_, bytes, sig)) if bytes == b.header && sig.as_slice() == b.signature.as_slice() => {}
-                        Ok(_) => r.problem(&at, format!("header or signature of block {} differs from the branch log", header.height)),
+                        Ok((_, bytes, sig))
+                            if bytes == b.header && sig.as_slice() == b.signature.as_slice() => {}
+                        Ok(_) => r.problem(
+                            &at,
+                            format!(
+                                "header or signature of block {} differs from the branch log",
+                                header.height
+                            ),
+                        ),
                         Err(e) => r.problem(&at, e.to_string()),
                     },
                 }
                 // A damaged file can make the Parquet/Arrow decoders panic; that is a finding, not a crash.
-                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read_row_group(b.row_group as usize)));
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    reader.read_row_group(b.row_group as usize)
+                }));
                 let batch = match read {
                     Ok(Ok(x)) => x,
                     Ok(Err(e)) => {
@@ -159,15 +201,22 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                     Ok(rows) => {
                         let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();
                         if rows.len() != header.row_count as usize {
-                            r.problem(&at, format!("{} rows, header says {}", rows.len(), header.row_count));
+                            r.problem(
+                                &at,
+                                format!("{} rows, header says {}", rows.len(), header.row_count),
+                            );
                         } else if root_of(&leaves) != header.rows_root {
-                            r.problem(&at, format!("rows do not hash to rows_root of block {}", header.height));
+                            r.problem(
+                                &at,
+                                format!("rows do not hash to rows_root of block {}", header.height),
+                            );
                         }
                         let (tmin, tmax) = rows
                             .iter()
                             .filter_map(|x| annals_format::row::decode_row(x).ok().map(|d| d.time))
                             .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
-                        if !rows.is_empty() && (tmin != header.time_min || tmax != header.time_max) {
+                        if !rows.is_empty() && (tmin != header.time_min || tmax != header.time_max)
+                        {
                             r.problem(&at, "row times do not match the header's time range");
                         }
                         r.rows_checked += rows.len() as u64;
@@ -188,12 +237,20 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
             r.blocks_pending += 1;
             let at = format!("branch {} height {h}", to_hex(branch));
             match wal.get(&(*branch, h)) {
-                None => r.problem(at, "in the branch log but in no block file and not in the WAL: its rows are lost"),
+                None => r.problem(
+                    at,
+                    "in the branch log but in no block file and not in the WAL: its rows are lost",
+                ),
                 Some(rows) => {
                     if let Ok((header, _, _)) = log.header(h) {
                         let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();
-                        if rows.len() != header.row_count as usize || root_of(&leaves) != header.rows_root {
-                            r.problem(at, "rows in the WAL do not hash to the logged header's rows_root");
+                        if rows.len() != header.row_count as usize
+                            || root_of(&leaves) != header.rows_root
+                        {
+                            r.problem(
+                                at,
+                                "rows in the WAL do not hash to the logged header's rows_root",
+                            );
                         } else {
                             r.rows_checked += rows.len() as u64;
                         }
@@ -211,24 +268,49 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                 if let Some(t) = cps.torn_tail() {
                     r.problem(
                         format!("{} offset {}", t.file.display(), t.offset),
-                        format!("{} bytes after the last valid checkpoint (torn or damaged)", t.bytes),
+                        format!(
+                            "{} bytes after the last valid checkpoint (torn or damaged)",
+                            t.bytes
+                        ),
                     );
                 }
                 for rec in cps.iter() {
                     r.checkpoints += 1;
                     let at = format!("{} epoch {}", cp_path.display(), rec.header.epoch);
                     let hash = rec.header.hash();
-                    if !rec.signatures.iter().any(|(k, s)| *k == pubkey && verify(k, &hash, s).is_ok()) {
+                    if !rec
+                        .signatures
+                        .iter()
+                        .any(|(k, s)| *k == pubkey && verify(k, &hash, s).is_ok())
+                    {
                         r.problem(&at, "no valid signature by the node key");
                     }
                     for e in &rec.entries {
                         match logs.get(&e.branch) {
                             Some(log) if e.size <= log.size() => match log.root_at(e.size) {
                                 Ok(root) if root == e.root => {}
-                                _ => r.problem(&at, format!("branch {} at size {}: root differs from the branch log", to_hex(&e.branch), e.size)),
+                                _ => r.problem(
+                                    &at,
+                                    format!(
+                                        "branch {} at size {}: root differs from the branch log",
+                                        to_hex(&e.branch),
+                                        e.size
+                                    ),
+                                ),
                             },
-                            Some(log) => r.problem(&at, format!("branch {} at size {} but its log has only {}", to_hex(&e.branch), e.size, log.size())),
-                            None => r.problem(&at, format!("branch {} has no branch log", to_hex(&e.branch))),
+                            Some(log) => r.problem(
+                                &at,
+                                format!(
+                                    "branch {} at size {} but its log has only {}",
+                                    to_hex(&e.branch),
+                                    e.size,
+                                    log.size()
+                                ),
+                            ),
+                            None => r.problem(
+                                &at,
+                                format!("branch {} has no branch log", to_hex(&e.branch)),
+                            ),
                         }
                     }
                 }
@@ -240,23 +322,36 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
 }
 
 /// Rows per (branch, height) of every sealed block still in the WALs, read without changing them.
-fn scan_wal(data_dir: &Path, r: &mut AuditReport) -> Result<HashMap<(BranchId, u64), Vec<Vec<u8>>>, EngineError> {
+type WalBlocks = HashMap<(BranchId, u64), Vec<Vec<u8>>>;
+
+fn scan_wal(data_dir: &Path, r: &mut AuditReport) -> Result<WalBlocks, EngineError> {
     let mut rows: HashMap<(BranchId, u64), Vec<Vec<u8>>> = HashMap::new();
     let mut sealed: HashSet<(BranchId, u64)> = HashSet::new();
-    let cfg = annals_storage::wal::WalConfig { read_only: true, ..Default::default() };
+    let cfg = annals_storage::wal::WalConfig {
+        read_only: true,
+        ..Default::default()
+    };
     for dir in sorted(&data_dir.join("wal"))? {
-        let res = annals_storage::wal::replay_with(&dir, &cfg, |_, payload| -> Result<(), String> {
-            match crate::walrec::decode(payload)? {
-                crate::walrec::WalRecord::Rows { branch, height, rows: rs, .. } => {
-                    rows.entry((branch, height)).or_default().extend(rs.iter().map(|x| x.to_vec()));
+        let res =
+            annals_storage::wal::replay_with(&dir, &cfg, |_, payload| -> Result<(), String> {
+                match crate::walrec::decode(payload)? {
+                    crate::walrec::WalRecord::Rows {
+                        branch,
+                        height,
+                        rows: rs,
+                        ..
+                    } => {
+                        rows.entry((branch, height))
+                            .or_default()
+                            .extend(rs.iter().map(|x| x.to_vec()));
+                    }
+                    crate::walrec::WalRecord::Seal { branch, height, .. } => {
+                        sealed.insert((branch, height));
+                    }
+                    crate::walrec::WalRecord::Request { .. } => {}
                 }
-                crate::walrec::WalRecord::Seal { branch, height, .. } => {
-                    sealed.insert((branch, height));
-                }
-                crate::walrec::WalRecord::Request { .. } => {}
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         match res {
             // A torn tail is what a crash (or, on a running node, a write in progress) leaves:
             // the next start cuts it; nothing acknowledged is in it.

@@ -44,10 +44,22 @@ pub struct TableSchema {
 
 impl TableSchema {
     fn new(name: String, columns: Vec<(String, Kind)>, context: Arc<str>) -> Self {
-        let index = columns.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        let arrow = annals_storage::block_file::table_schema(columns.iter().map(|(n, k)| (n.as_str(), *k)));
+        let index = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        let arrow =
+            annals_storage::block_file::table_schema(columns.iter().map(|(n, k)| (n.as_str(), *k)));
         let context_hash = *blake3::hash(context.as_bytes()).as_bytes();
-        Self { name, columns, index, arrow, context_hash, context }
+        Self {
+            name,
+            columns,
+            index,
+            arrow,
+            context_hash,
+            context,
+        }
     }
 
     /// Position of a column in [`columns`](Self::columns).
@@ -66,8 +78,15 @@ impl TableSchema {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchemaError {
-    #[error("column {column:?} of table {table:?} is {existing}, this write has it as {attempted}")]
-    KindConflict { table: String, column: String, existing: Kind, attempted: Kind },
+    #[error(
+        "column {column:?} of table {table:?} is {existing}, this write has it as {attempted}"
+    )]
+    KindConflict {
+        table: String,
+        column: String,
+        existing: Kind,
+        attempted: Kind,
+    },
     #[error("table {table:?} would have more than {max} columns")]
     TooManyColumns { table: String, max: usize },
     #[error("more than {max} tables")]
@@ -105,22 +124,37 @@ impl Catalog {
                 let file: CatalogFile = serde_json::from_slice(&bytes)
                     .map_err(|e| EngineError::Corrupt(format!("{}: {e}", path.display())))?;
                 if file.version != 1 {
-                    return Err(EngineError::Corrupt(format!("{}: unknown catalog version {}", path.display(), file.version)));
+                    return Err(EngineError::Corrupt(format!(
+                        "{}: unknown catalog version {}",
+                        path.display(),
+                        file.version
+                    )));
                 }
                 for t in file.tables {
                     let mut columns = Vec::with_capacity(t.columns.len());
                     for (n, k) in t.columns {
-                        let kind = Kind::from_name(&k)
-                            .ok_or_else(|| EngineError::Corrupt(format!("{}: column {n:?} has unknown kind {k:?}", path.display())))?;
+                        let kind = Kind::from_name(&k).ok_or_else(|| {
+                            EngineError::Corrupt(format!(
+                                "{}: column {n:?} has unknown kind {k:?}",
+                                path.display()
+                            ))
+                        })?;
                         columns.push((n, kind));
                     }
-                    tables.insert(t.name.clone(), Arc::new(TableSchema::new(t.name, columns, t.context.into())));
+                    tables.insert(
+                        t.name.clone(),
+                        Arc::new(TableSchema::new(t.name, columns, t.context.into())),
+                    );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(EngineError::io(&path, e)),
         }
-        Ok(Catalog { path, tables: ArcSwap::from_pointee(tables), write: Mutex::new(()) })
+        Ok(Catalog {
+            path,
+            tables: ArcSwap::from_pointee(tables),
+            write: Mutex::new(()),
+        })
     }
 
     /// The current schema of a table.
@@ -138,7 +172,11 @@ impl Catalog {
 
     /// Ensures `table` exists with at least `columns` (kinds must agree with existing ones).
     /// Returns the (possibly new) schema. Persists before publishing.
-    pub fn ensure(&self, table: &str, columns: &[(&str, Kind)]) -> Result<Arc<TableSchema>, EngineError> {
+    pub fn ensure(
+        &self,
+        table: &str,
+        columns: &[(&str, Kind)],
+    ) -> Result<Arc<TableSchema>, EngineError> {
         // Fast path: nothing new.
         if let Some(t) = self.table(table) {
             if Self::check(&t, columns)?.is_empty() {
@@ -177,7 +215,11 @@ impl Catalog {
             }
         }
         if cols.len() > TABLE_COLUMNS_MAX {
-            return Err(SchemaError::TooManyColumns { table: table.to_owned(), max: TABLE_COLUMNS_MAX }.into());
+            return Err(SchemaError::TooManyColumns {
+                table: table.to_owned(),
+                max: TABLE_COLUMNS_MAX,
+            }
+            .into());
         }
         if !changed {
             return Ok(current.get(table).cloned().expect("unchanged table exists"));
@@ -191,7 +233,10 @@ impl Catalog {
     }
 
     /// Columns of `columns` the table does not have yet; an error if a kind disagrees.
-    pub fn check<'a>(t: &TableSchema, columns: &[(&'a str, Kind)]) -> Result<Vec<(&'a str, Kind)>, SchemaError> {
+    pub fn check<'a>(
+        t: &TableSchema,
+        columns: &[(&'a str, Kind)],
+    ) -> Result<Vec<(&'a str, Kind)>, SchemaError> {
         let mut missing = Vec::new();
         for &(name, kind) in columns {
             match t.column(name) {
@@ -215,13 +260,22 @@ impl Catalog {
             .values()
             .map(|t| TableFile {
                 name: t.name.clone(),
-                columns: t.columns.iter().map(|(n, k)| (n.clone(), k.name().to_owned())).collect(),
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|(n, k)| (n.clone(), k.name().to_owned()))
+                    .collect(),
                 context: t.context.to_string(),
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
-        let bytes = serde_json::to_vec_pretty(&CatalogFile { version: 1, tables: list }).expect("catalog serializes");
-        annals_storage::fsutil::atomic_write(&self.path, &bytes).map_err(|e| EngineError::io(&self.path, e))
+        let bytes = serde_json::to_vec_pretty(&CatalogFile {
+            version: 1,
+            tables: list,
+        })
+        .expect("catalog serializes");
+        annals_storage::fsutil::atomic_write(&self.path, &bytes)
+            .map_err(|e| EngineError::io(&self.path, e))
     }
 }
 
@@ -233,9 +287,13 @@ mod tests {
     fn columns_are_added_and_kinds_are_fixed() {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(dir.path()).unwrap();
-        let t = c.ensure("db/m", &[("host", Kind::Tag), ("v", Kind::F64)]).unwrap();
+        let t = c
+            .ensure("db/m", &[("host", Kind::Tag), ("v", Kind::F64)])
+            .unwrap();
         assert_eq!(t.columns.len(), 2);
-        let t2 = c.ensure("db/m", &[("v", Kind::F64), ("n", Kind::I64)]).unwrap();
+        let t2 = c
+            .ensure("db/m", &[("v", Kind::F64), ("n", Kind::I64)])
+            .unwrap();
         assert_eq!(t2.column("n"), Some((2, Kind::I64)));
         let err = c.ensure("db/m", &[("v", Kind::I64)]).unwrap_err();
         assert!(err.to_string().contains("is f64"), "{err}");
@@ -243,7 +301,17 @@ mod tests {
         drop(c);
         let c = Catalog::open(dir.path()).unwrap();
         let t = c.table("db/m").unwrap();
-        assert_eq!(t.columns, vec![("host".into(), Kind::Tag), ("v".into(), Kind::F64), ("n".into(), Kind::I64)]);
-        assert_eq!(t.context_hash, *blake3::hash(jsonld::default_context().as_bytes()).as_bytes());
+        assert_eq!(
+            t.columns,
+            vec![
+                ("host".into(), Kind::Tag),
+                ("v".into(), Kind::F64),
+                ("n".into(), Kind::I64)
+            ]
+        );
+        assert_eq!(
+            t.context_hash,
+            *blake3::hash(jsonld::default_context().as_bytes()).as_bytes()
+        );
     }
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals_format::checkpoint::{branches_root, validators_hash, BranchEntry, CheckpointHeader, Validator};
+use annals_format::checkpoint::{
+    branches_root, validators_hash, BranchEntry, CheckpointHeader, Validator,
+};
 use annals_format::hash::{to_hex, ZERO_HASH};
 use annals_format::sign::sign;
 use annals_storage::checkpoint_log::{CheckpointLog, CheckpointRecord};
@@ -49,7 +51,8 @@ impl Checkpointer {
                         error!(error = %e, "checkpoint failed");
                         None
                     });
-                    let _ = reply.send(epoch.or_else(|| self.log.lock().latest().map(|r| r.header.epoch)));
+                    let _ = reply
+                        .send(epoch.or_else(|| self.log.lock().latest().map(|r| r.header.epoch)));
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.checkpoint() {
@@ -69,8 +72,17 @@ impl Checkpointer {
 
     /// Writes a checkpoint if any branch head changed; returns its epoch.
     pub fn checkpoint(&self) -> Result<Option<u64>, EngineError> {
-        let entries: Vec<BranchEntry> =
-            self.shared.heads.lock().iter().map(|(b, h)| BranchEntry { branch: *b, size: h.size, root: h.root }).collect();
+        let entries: Vec<BranchEntry> = self
+            .shared
+            .heads
+            .lock()
+            .iter()
+            .map(|(b, h)| BranchEntry {
+                branch: *b,
+                size: h.size,
+                root: h.root,
+            })
+            .collect();
         let mut log = self.log.lock();
         let latest = log.latest();
         if entries.is_empty() || latest.is_some_and(|r| r.entries == entries) {
@@ -90,7 +102,11 @@ impl Checkpointer {
             validators: validators_hash(&[Validator { pubkey, power: 1 }]),
         };
         let sig = sign(&self.shared.key, &header.hash());
-        let record = CheckpointRecord { header, entries, signatures: vec![(pubkey, sig)] };
+        let record = CheckpointRecord {
+            header,
+            entries,
+            signatures: vec![(pubkey, sig)],
+        };
         let (branches, hash) = (record.entries.len(), record.hash());
         log.append(record).map_err(EngineError::storage)?;
         log.sync().map_err(EngineError::storage)?;

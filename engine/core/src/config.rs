@@ -56,10 +56,16 @@ impl EngineConfig {
     /// Checks every bound; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.shards == 0 || self.shards > SHARDS_MAX {
-            return Err(format!("shards must be between 1 and {SHARDS_MAX}, got {}", self.shards));
+            return Err(format!(
+                "shards must be between 1 and {SHARDS_MAX}, got {}",
+                self.shards
+            ));
         }
         if self.block_rows == 0 || self.block_rows > BLOCK_ROWS_MAX {
-            return Err(format!("block rows must be between 1 and {BLOCK_ROWS_MAX}, got {}", self.block_rows));
+            return Err(format!(
+                "block rows must be between 1 and {BLOCK_ROWS_MAX}, got {}",
+                self.block_rows
+            ));
         }
         if self.block_age.is_zero() {
             return Err("block age must be greater than zero".into());
@@ -68,13 +74,19 @@ impl EngineConfig {
             return Err("checkpoint interval must be greater than zero".into());
         }
         if self.file_rows < self.block_rows as u64 {
-            return Err(format!("file rows ({}) must be at least block rows ({})", self.file_rows, self.block_rows));
+            return Err(format!(
+                "file rows ({}) must be at least block rows ({})",
+                self.file_rows, self.block_rows
+            ));
         }
         if self.queue_depth == 0 {
             return Err("queue depth must be at least 1".into());
         }
         if self.memtable_rows < self.block_rows {
-            return Err(format!("memtable rows ({}) must be at least block rows ({})", self.memtable_rows, self.block_rows));
+            return Err(format!(
+                "memtable rows ({}) must be at least block rows ({})",
+                self.memtable_rows, self.block_rows
+            ));
         }
         if self.wal_segment_bytes < (1 << 20) {
             return Err("WAL segment size must be at least 1 MiB".into());

@@ -29,7 +29,7 @@ use crate::sealer::{SealJob, SealMsg, Sealer};
 use crate::shared::{BranchHead, Shared};
 use crate::slots::{acquire_all, Slots};
 use crate::walrec::{self, WalRecord};
-use crate::writer::{BranchState, OpenBlock, Writer, WriterMsg};
+use crate::writer::{BranchState, OpenBlock, PartResult, Writer, WriterMsg};
 
 /// Blocks waiting for a sealer before its writer waits too.
 const SEAL_QUEUE_MAX: usize = 8;
@@ -68,7 +68,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("data_dir", &self.shared.cfg.data_dir).field("shards", &self.shards.len()).finish()
+        f.debug_struct("Engine")
+            .field("data_dir", &self.shared.cfg.data_dir)
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 
@@ -89,7 +92,7 @@ struct RecBlock {
 /// One shard's answer: to wait for, or known already (a keyed part found in the WAL at start).
 #[derive(Debug)]
 enum Reply {
-    Wait(oneshot::Receiver<Result<Vec<Vec<Run>>, EngineError>>),
+    Wait(oneshot::Receiver<PartResult>),
     Ready(Vec<Vec<Run>>),
 }
 
@@ -131,7 +134,11 @@ impl PendingWrite {
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(WriteOutcome { rows: self.rows, chunks, rejected: self.rejected }),
+            None => Ok(WriteOutcome {
+                rows: self.rows,
+                chunks,
+                rejected: self.rejected,
+            }),
         }
     }
 }
@@ -172,20 +179,39 @@ impl Engine {
         let mut report = RecoveryReport::default();
 
         // Branch logs.
-        let mut logs: Vec<HashMap<BranchId, BranchLog>> = (0..cfg.shards).map(|_| HashMap::new()).collect();
+        let mut logs: Vec<HashMap<BranchId, BranchLog>> =
+            (0..cfg.shards).map(|_| HashMap::new()).collect();
         let mut heads = BTreeMap::new();
         for path in read_dir_sorted(&dir.join("branches"))? {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            let branch = branch_from_hex(&name)
-                .ok_or_else(|| EngineError::Corrupt(format!("unexpected entry {} in branches/", path.display())))?;
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let branch = branch_from_hex(&name).ok_or_else(|| {
+                EngineError::Corrupt(format!("unexpected entry {} in branches/", path.display()))
+            })?;
             let meta_path = path.join("branch.json");
-            let meta: BranchMeta = serde_json::from_slice(&std::fs::read(&meta_path).map_err(|e| EngineError::io(&meta_path, e))?)
-                .map_err(|e| EngineError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+            let meta: BranchMeta = serde_json::from_slice(
+                &std::fs::read(&meta_path).map_err(|e| EngineError::io(&meta_path, e))?,
+            )
+            .map_err(|e| EngineError::Corrupt(format!("{}: {e}", meta_path.display())))?;
             if meta.shard >= cfg.shards {
-                return Err(EngineError::Corrupt(format!("branch {name} belongs to shard {} of {}", meta.shard, cfg.shards)));
+                return Err(EngineError::Corrupt(format!(
+                    "branch {name} belongs to shard {} of {}",
+                    meta.shard, cfg.shards
+                )));
             }
             let log = BranchLog::open(&path, branch).map_err(EngineError::storage)?;
-            heads.insert(branch, BranchHead { table: meta.table, shard: meta.shard, size: log.size(), root: log.root() });
+            heads.insert(
+                branch,
+                BranchHead {
+                    table: meta.table,
+                    shard: meta.shard,
+                    size: log.size(),
+                    root: log.root(),
+                },
+            );
             logs[meta.shard].insert(branch, log);
         }
 
@@ -193,9 +219,15 @@ impl Engine {
         // rebuilt from the WAL.
         let mut persisted: HashSet<(BranchId, u64)> = HashSet::new();
         for bdir in read_dir_sorted(&dir.join("blocks"))? {
-            let name = bdir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let name = bdir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
             let Some(branch) = branch_from_hex(&name) else {
-                report.damaged.push(format!("unexpected entry {}", bdir.display()));
+                report
+                    .damaged
+                    .push(format!("unexpected entry {}", bdir.display()));
                 continue;
             };
             for file in read_dir_sorted(&bdir)? {
@@ -211,7 +243,9 @@ impl Engine {
                 if let Some(log) = logs.iter_mut().find_map(|m| m.get_mut(&branch)) {
                     match restore_log_tail(&file, log, &key.verifying_key().to_bytes()) {
                         Ok(0) => {}
-                        Ok(n) => warn!(file = %file.display(), records = n, "branch log was behind its block file; restored its tail from the file's footer"),
+                        Ok(n) => {
+                            warn!(file = %file.display(), records = n, "branch log was behind its block file; restored its tail from the file's footer")
+                        }
                         Err(msg) => return Err(EngineError::Corrupt(msg)),
                     }
                 }
@@ -229,8 +263,15 @@ impl Engine {
             }
         }
 
-        let checkpoints = CheckpointLog::open(&dir.join("checkpoints.log")).map_err(EngineError::storage)?;
-        let shared = Arc::new(Shared { cfg: cfg.clone(), catalog, key, clock, heads: Mutex::new(heads) });
+        let checkpoints =
+            CheckpointLog::open(&dir.join("checkpoints.log")).map_err(EngineError::storage)?;
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            catalog,
+            key,
+            clock,
+            heads: Mutex::new(heads),
+        });
         let checkpoints = Arc::new(Mutex::new(checkpoints));
         let mut threads = Vec::new();
         let mut shards = Vec::new();
@@ -291,8 +332,15 @@ impl Engine {
             report.wal_frames += stats.frames;
             report.wal_bytes_cut += stats.torn_bytes_cut;
 
-            let wal = Wal::open(&wal_dir, WalConfig { segment_bytes_max: cfg.wal_segment_bytes, no_sync: cfg.unsafe_no_sync, ..WalConfig::default() })
-                .map_err(EngineError::storage)?;
+            let wal = Wal::open(
+                &wal_dir,
+                WalConfig {
+                    segment_bytes_max: cfg.wal_segment_bytes,
+                    no_sync: cfg.unsafe_no_sync,
+                    ..WalConfig::default()
+                },
+            )
+            .map_err(EngineError::storage)?;
 
             // Rebuild writer state and the seal jobs recovery owes.
             let mut branches: HashMap<String, BranchState> = HashMap::new();
@@ -311,7 +359,10 @@ impl Engine {
                 let blocks = rec.remove(&branch).unwrap_or_default();
                 // Every logged block must be in a finished file, in the WAL, or reported damaged.
                 for h in 0..log_size {
-                    if !persisted.contains(&(branch, h)) && !blocks.contains_key(&h) && report.damaged.is_empty() {
+                    if !persisted.contains(&(branch, h))
+                        && !blocks.contains_key(&h)
+                        && report.damaged.is_empty()
+                    {
                         return Err(EngineError::Corrupt(format!(
                             "block {h} of branch {} ({table}) is in its branch log but in no block file and not in the WAL",
                             to_hex(&branch)
@@ -356,34 +407,63 @@ impl Engine {
                         }
                     }
                 }
-                branches.insert(table.clone(), BranchState { branch, table, next_height, open });
+                branches.insert(
+                    table.clone(),
+                    BranchState {
+                        branch,
+                        table,
+                        next_height,
+                        open,
+                    },
+                );
             }
             jobs.sort_by_key(|j| (j.branch, j.height));
 
             let (seal_tx, seal_rx) = crossbeam_channel::bounded(SEAL_QUEUE_MAX);
             let (persisted_tx, persisted_rx) = crossbeam_channel::unbounded();
             let sealer = Sealer::new(shard, shared.clone(), seal_rx, persisted_tx, shard_logs);
-            threads.push(spawn(format!("annals-sealer-{shard}"), move || sealer.run())?);
+            threads.push(spawn(format!("annals-sealer-{shard}"), move || {
+                sealer.run()
+            })?);
             for job in jobs {
-                seal_tx.send(SealMsg::Seal(Box::new(job))).map_err(|_| EngineError::Corrupt("sealer stopped during recovery".into()))?;
+                seal_tx
+                    .send(SealMsg::Seal(Box::new(job)))
+                    .map_err(|_| EngineError::Corrupt("sealer stopped during recovery".into()))?;
             }
             let (tx, rx) = crossbeam_channel::unbounded();
             let slots = Arc::new(Slots::new(cfg.queue_depth));
-            let mut writer = Writer::new(shard, shared.clone(), rx, wal, seal_tx, persisted_rx, slots.clone());
+            let mut writer = Writer::new(
+                shard,
+                shared.clone(),
+                rx,
+                wal,
+                seal_tx,
+                persisted_rx,
+                slots.clone(),
+            );
             writer.branches = branches;
             writer.segment_refs = segment_refs;
-            threads.push(spawn(format!("annals-writer-{shard}"), move || writer.run())?);
+            threads.push(spawn(format!("annals-writer-{shard}"), move || {
+                writer.run()
+            })?);
             shards.push(ShardHandle { tx, slots });
         }
 
         let (cp_tx, cp_rx) = crossbeam_channel::unbounded();
-        let cp = Checkpointer { shared: shared.clone(), log: checkpoints.clone(), rx: cp_rx };
+        let cp = Checkpointer {
+            shared: shared.clone(),
+            log: checkpoints.clone(),
+            rx: cp_rx,
+        };
         threads.push(spawn("annals-checkpointer".into(), move || cp.run())?);
         if report.wal_frames > 0 || !report.damaged.is_empty() {
             info!(?report, "recovered");
         }
         if !report.damaged.is_empty() {
-            warn!(count = report.damaged.len(), "data directory has damaged block files; see /health");
+            warn!(
+                count = report.damaged.len(),
+                "data directory has damaged block files; see /health"
+            );
         }
         Ok(Engine {
             shared,
@@ -429,7 +509,12 @@ impl Engine {
     }
 
     /// Parses and validates a line-protocol request (no side effects but new columns).
-    pub fn prepare(&self, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, WriteError> {
+    pub fn prepare(
+        &self,
+        db: &str,
+        body: &[u8],
+        opts: &PrepareOptions,
+    ) -> Result<Prepared, WriteError> {
         prepare(&self.shared.catalog, self.shards.len(), db, body, opts)
     }
 
@@ -443,15 +528,30 @@ impl Engine {
     /// each shard logs the positions of its part with the key, so a retry after a restart can
     /// be answered from the WAL. Parts listed in `done` (from [`take_recovered`](Self::take_recovered))
     /// are not written again; their positions are answered as they were.
-    pub fn submit_keyed(&self, prepared: Prepared, key: Option<(&str, u64)>, done: &[Option<Vec<Vec<Run>>>]) -> Result<PendingWrite, Prepared> {
+    pub fn submit_keyed(
+        &self,
+        prepared: Prepared,
+        key: Option<(&str, u64)>,
+        done: &[Option<Vec<Vec<Run>>>],
+    ) -> Result<PendingWrite, Prepared> {
         let is_done = |i: usize| done.get(i).is_some_and(|d| d.is_some());
-        let slots: Vec<&Slots> =
-            prepared.parts.iter().enumerate().filter(|(i, _)| !is_done(*i)).map(|(_, p)| &*self.shards[p.shard].slots).collect();
+        let slots: Vec<&Slots> = prepared
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !is_done(*i))
+            .map(|(_, p)| &*self.shards[p.shard].slots)
+            .collect();
         if !acquire_all(&slots) {
             metrics::counter!("annals_writes_throttled_total").increment(1);
             return Err(prepared);
         }
-        let Prepared { parts, origins, rows, rejected } = prepared;
+        let Prepared {
+            parts,
+            origins,
+            rows,
+            rejected,
+        } = prepared;
         let nparts = parts.len() as u16;
         let key: Option<(Arc<str>, u64)> = key.map(|(k, h)| (Arc::from(k), h));
         let mut replies = Vec::with_capacity(parts.len());
@@ -461,17 +561,30 @@ impl Engine {
                 continue;
             }
             if let Some((k, h)) = &key {
-                part.request = Some(RequestTag { key: k.clone(), body_hash: *h, part: i as u16, parts: nparts });
+                part.request = Some(RequestTag {
+                    key: k.clone(),
+                    body_hash: *h,
+                    part: i as u16,
+                    parts: nparts,
+                });
             }
             let (tx, rx) = oneshot::channel();
             let shard = part.shard;
-            if let Err(e) = self.shards[shard].tx.send(WriterMsg::Write { part, reply: tx }) {
+            if let Err(e) = self.shards[shard]
+                .tx
+                .send(WriterMsg::Write { part, reply: tx })
+            {
                 // The writer is gone (shutdown); its slot will never be released, which is fine.
                 drop(e);
             }
             replies.push(Reply::Wait(rx));
         }
-        Ok(PendingWrite { replies, origins, rows, rejected })
+        Ok(PendingWrite {
+            replies,
+            origins,
+            rows,
+            rejected,
+        })
     }
 
     /// Takes what recovery found of a keyed request, if its part records were in the WAL.
@@ -493,7 +606,11 @@ impl Engine {
             let _ = w.recv();
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.cp_tx.lock().as_ref()?.send(CheckpointMsg::Now { reply: tx }).ok()?;
+        self.cp_tx
+            .lock()
+            .as_ref()?
+            .send(CheckpointMsg::Now { reply: tx })
+            .ok()?;
         rx.recv().ok().flatten()
     }
 
@@ -523,7 +640,13 @@ impl Drop for Engine {
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
-    std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|e| EngineError::Io { path: name, source: e })
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| EngineError::Io {
+            path: name,
+            source: e,
+        })
 }
 
 /// Records the data directory's shard count at creation; refuses to run it with another.
@@ -531,7 +654,8 @@ fn check_node_file(dir: &Path, shards: usize) -> Result<(), EngineError> {
     let path = dir.join(NODE_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Corrupt(format!("{}: {e}", path.display())))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| EngineError::Corrupt(format!("{}: {e}", path.display())))?;
             let have = v["shards"].as_u64().unwrap_or(0) as usize;
             if have != shards {
                 return Err(EngineError::Config(format!(
@@ -543,7 +667,8 @@ fn check_node_file(dir: &Path, shards: usize) -> Result<(), EngineError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let v = serde_json::json!({ "format": 1, "shards": shards });
-            annals_storage::fsutil::atomic_write(&path, v.to_string().as_bytes()).map_err(|e| EngineError::io(&path, e))
+            annals_storage::fsutil::atomic_write(&path, v.to_string().as_bytes())
+                .map_err(|e| EngineError::io(&path, e))
         }
         Err(e) => Err(EngineError::io(&path, e)),
     }
@@ -554,10 +679,14 @@ fn check_node_file(dir: &Path, shards: usize) -> Result<(), EngineError> {
 /// same headers and signatures: re-append the missing ones, each checked against the node's
 /// key and the log's chain, so heights are never reused. Returns how many were restored.
 fn restore_log_tail(path: &Path, log: &mut BranchLog, pubkey: &[u8; 32]) -> Result<usize, String> {
-    let Ok(reader) = BlockFileReader::open(path) else { return Ok(0) }; // reported by check_block_file
+    let Ok(reader) = BlockFileReader::open(path) else {
+        return Ok(0);
+    }; // reported by check_block_file
     let mut restored = 0;
     for b in reader.blocks() {
-        let Ok(h) = annals_format::block::BlockHeader::decode(&b.header) else { return Ok(restored) };
+        let Ok(h) = annals_format::block::BlockHeader::decode(&b.header) else {
+            return Ok(restored);
+        };
         if h.height < log.size() {
             continue;
         }
@@ -569,9 +698,15 @@ fn restore_log_tail(path: &Path, log: &mut BranchLog, pubkey: &[u8; 32]) -> Resu
                 log.size()
             ));
         }
-        let sig: [u8; 64] = b.signature.as_slice().try_into().map_err(|_| format!("{}: bad signature length", path.display()))?;
-        annals_format::sign::verify(pubkey, &h.hash(), &sig).map_err(|e| format!("{}: block {}: {e}", path.display(), h.height))?;
-        log.append(&h, &sig).map_err(|e| format!("{}: restoring block {}: {e}", path.display(), h.height))?;
+        let sig: [u8; 64] = b
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("{}: bad signature length", path.display()))?;
+        annals_format::sign::verify(pubkey, &h.hash(), &sig)
+            .map_err(|e| format!("{}: block {}: {e}", path.display(), h.height))?;
+        log.append(&h, &sig)
+            .map_err(|e| format!("{}: restoring block {}: {e}", path.display(), h.height))?;
         restored += 1;
     }
     if restored > 0 {
@@ -581,21 +716,37 @@ fn restore_log_tail(path: &Path, log: &mut BranchLog, pubkey: &[u8; 32]) -> Resu
 }
 
 /// Checks a finished block file against its branch log; returns the heights it holds.
-fn check_block_file(path: &Path, branch: &BranchId, log: Option<&BranchLog>) -> Result<Vec<u64>, String> {
+fn check_block_file(
+    path: &Path,
+    branch: &BranchId,
+    log: Option<&BranchLog>,
+) -> Result<Vec<u64>, String> {
     let reader = BlockFileReader::open(path).map_err(|e| e.to_string())?;
     let log = log.ok_or_else(|| format!("no branch log for branch {}", to_hex(branch)))?;
     let mut heights = Vec::with_capacity(reader.blocks().len());
     for b in reader.blocks() {
         let h = annals_format::block::BlockHeader::decode(&b.header).map_err(|e| e.to_string())?;
         if h.branch != *branch {
-            return Err(format!("row group {} belongs to branch {}", b.row_group, to_hex(&h.branch)));
+            return Err(format!(
+                "row group {} belongs to branch {}",
+                b.row_group,
+                to_hex(&h.branch)
+            ));
         }
         if h.height >= log.size() {
-            return Err(format!("row group {} holds block {} beyond the branch log (size {})", b.row_group, h.height, log.size()));
+            return Err(format!(
+                "row group {} holds block {} beyond the branch log (size {})",
+                b.row_group,
+                h.height,
+                log.size()
+            ));
         }
         let (_, logged_bytes, logged_sig) = log.header(h.height).map_err(|e| e.to_string())?;
         if logged_bytes != b.header || logged_sig.as_slice() != b.signature.as_slice() {
-            return Err(format!("row group {}: header or signature of block {} differs from the branch log", b.row_group, h.height));
+            return Err(format!(
+                "row group {}: header or signature of block {} differs from the branch log",
+                b.row_group, h.height
+            ));
         }
         heights.push(h.height);
     }
@@ -603,13 +754,20 @@ fn check_block_file(path: &Path, branch: &BranchId, log: Option<&BranchLog>) -> 
 }
 
 /// Rebuilds an Arrow chunk from canonical row encodings (recovery).
-fn rebuild_chunk(catalog: &Catalog, table: &str, rows: &[Vec<u8>]) -> Result<(crate::prepare::Chunk, ChunkOrigin), EngineError> {
+fn rebuild_chunk(
+    catalog: &Catalog,
+    table: &str,
+    rows: &[Vec<u8>],
+) -> Result<(crate::prepare::Chunk, ChunkOrigin), EngineError> {
     let mut cols: Vec<(String, Kind)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     for r in rows {
         let row = decode_row(r).map_err(|e| EngineError::Corrupt(format!("WAL row: {e}")))?;
         if row.table != table {
-            return Err(EngineError::Corrupt(format!("WAL row of table {} in a block of {table}", row.table)));
+            return Err(EngineError::Corrupt(format!(
+                "WAL row of table {} in a block of {table}",
+                row.table
+            )));
         }
         for c in &row.columns {
             if seen.insert(c.name.to_owned()) {

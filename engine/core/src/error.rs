@@ -9,7 +9,10 @@ use crate::catalog::SchemaError;
 #[non_exhaustive]
 pub enum EngineError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("data directory is damaged: {0}")]
     Corrupt(String),
     #[error("storage: {0}")]
@@ -26,7 +29,10 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.display().to_string(), source }
+        EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
     pub fn storage(e: impl std::fmt::Display) -> Self {
         EngineError::Storage(e.to_string())

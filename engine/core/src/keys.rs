@@ -15,17 +15,23 @@ pub fn load_or_create(data_dir: &Path) -> Result<(SigningKey, bool), EngineError
     match std::fs::read(&path) {
         Ok(bytes) => {
             let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                EngineError::Corrupt(format!("{}: expected a 32-byte Ed25519 seed, found {} bytes", path.display(), bytes.len()))
+                EngineError::Corrupt(format!(
+                    "{}: expected a 32-byte Ed25519 seed, found {} bytes",
+                    path.display(),
+                    bytes.len()
+                ))
             })?;
             Ok((SigningKey::from_bytes(&seed), false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            annals_storage::fsutil::atomic_write(&path, key.as_bytes()).map_err(|e| EngineError::io(&path, e))?;
+            annals_storage::fsutil::atomic_write(&path, key.as_bytes())
+                .map_err(|e| EngineError::io(&path, e))?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| EngineError::io(&path, e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| EngineError::io(&path, e))?;
             }
             Ok((key, true))
         }

@@ -27,7 +27,12 @@ pub const DB_NAME_MAX: usize = 64;
 
 /// Checks a database name: 1-64 of `A-Z a-z 0-9 _ -`.
 pub fn validate_db(db: &str) -> Result<(), WriteError> {
-    if db.is_empty() || db.len() > DB_NAME_MAX || !db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if db.is_empty()
+        || db.len() > DB_NAME_MAX
+        || !db
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(WriteError::Database(db.to_owned()));
     }
     Ok(())
@@ -172,13 +177,20 @@ pub struct ChunkBuilder {
 
 impl std::fmt::Debug for ChunkBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkBuilder").field("table", &self.table.name).field("rows", &self.times.len()).finish()
+        f.debug_struct("ChunkBuilder")
+            .field("table", &self.table.name)
+            .field("rows", &self.times.len())
+            .finish()
     }
 }
 
 impl ChunkBuilder {
     pub fn new(table: Arc<TableSchema>, cap: usize) -> Self {
-        let cols = table.columns.iter().map(|(_, k)| ColBuilder::new(*k, cap)).collect();
+        let cols = table
+            .columns
+            .iter()
+            .map(|(_, k)| ColBuilder::new(*k, cap))
+            .collect();
         let n = table.columns.len();
         Self {
             table,
@@ -205,7 +217,15 @@ impl ChunkBuilder {
     /// Adds a row whose columns are sorted by name. Every column must exist in the schema with
     /// its kind (checked by the caller); a violation is a bug and panics.
     pub fn push(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>]) {
-        let idx: Vec<usize> = cols.iter().map(|c| self.table.column(c.name).expect("column checked against the schema").0).collect();
+        let idx: Vec<usize> = cols
+            .iter()
+            .map(|c| {
+                self.table
+                    .column(c.name)
+                    .expect("column checked against the schema")
+                    .0
+            })
+            .collect();
         self.push_indexed(line, time, cols, &idx);
     }
 
@@ -238,7 +258,13 @@ impl ChunkBuilder {
         let stamp = self.times.len() as u32 + 1;
         let before = self.enc.len();
         let sorted = || shape.perm.iter().map(|&p| input_column(line, p));
-        encode_row_presorted(&mut self.enc, &self.table.name, line.time_ns, shape.perm.len(), sorted());
+        encode_row_presorted(
+            &mut self.enc,
+            &self.table.name,
+            line.time_ns,
+            shape.perm.len(),
+            sorted(),
+        );
         self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
         self.offsets.push(self.enc.len() as u32);
         self.times.push(line.time_ns);
@@ -264,8 +290,13 @@ impl ChunkBuilder {
             arrays.push(c.finish());
         }
         debug_assert!(arrays.iter().all(|a| a.len() == self.times.len()));
-        let batch = RecordBatch::try_new(self.table.arrow.clone(), arrays).expect("arrays match the table schema");
-        let origin = ChunkOrigin { table: self.table.name.clone(), lines: self.lines, leaf_hashes: self.leaf_hashes.clone() };
+        let batch = RecordBatch::try_new(self.table.arrow.clone(), arrays)
+            .expect("arrays match the table schema");
+        let origin = ChunkOrigin {
+            table: self.table.name.clone(),
+            lines: self.lines,
+            leaf_hashes: self.leaf_hashes.clone(),
+        };
         let chunk = Chunk {
             table: self.table,
             batch,
@@ -279,7 +310,11 @@ impl ChunkBuilder {
 }
 
 /// The shard of a series: xxh3 of the table and its sorted tags.
-pub fn shard_of<'c>(table: &str, sorted_cols: impl IntoIterator<Item = ColumnRef<'c>>, shards: usize) -> usize {
+pub fn shard_of<'c>(
+    table: &str,
+    sorted_cols: impl IntoIterator<Item = ColumnRef<'c>>,
+    shards: usize,
+) -> usize {
     let mut h = Xxh3::new();
     h.update(table.as_bytes());
     for c in sorted_cols {
@@ -303,7 +338,6 @@ fn value_of<'b>(v: &'b FieldValue<'_>) -> ValueRef<'b> {
     }
 }
 
-
 /// Column names and kinds of a line in input order (tags, then fields), with the canonical
 /// (sorted) order and, once the schema is final, each column's schema position. Consecutive
 /// lines of a table almost always share a shape, so the per-column work (kind checks, sorting,
@@ -321,18 +355,32 @@ impl Shape {
             return false;
         }
         let t = line.tags.len();
-        line.tags.iter().zip(&self.cols).all(|((k, _), (n, kind))| *kind == Kind::Tag && n == k)
-            && line.fields.iter().zip(&self.cols[t..]).all(|((k, v), (n, kind))| *kind == value_of(v).kind() && n == k)
+        line.tags
+            .iter()
+            .zip(&self.cols)
+            .all(|((k, _), (n, kind))| *kind == Kind::Tag && n == k)
+            && line
+                .fields
+                .iter()
+                .zip(&self.cols[t..])
+                .all(|((k, v), (n, kind))| *kind == value_of(v).kind() && n == k)
     }
 
     fn of(line: &Line<'_>, schema: Option<&TableSchema>) -> Shape {
         let mut cols: Vec<(String, Kind)> = Vec::with_capacity(line.tags.len() + line.fields.len());
         cols.extend(line.tags.iter().map(|(k, _)| (k.to_string(), Kind::Tag)));
-        cols.extend(line.fields.iter().map(|(k, v)| (k.to_string(), value_of(v).kind())));
+        cols.extend(
+            line.fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), value_of(v).kind())),
+        );
         let mut perm: Vec<usize> = (0..cols.len()).collect();
         perm.sort_unstable_by(|&a, &b| cols[a].0.as_bytes().cmp(cols[b].0.as_bytes()));
         let idx = match schema {
-            Some(s) => perm.iter().map(|&p| s.column(&cols[p].0).expect("schema has every column").0).collect(),
+            Some(s) => perm
+                .iter()
+                .map(|&p| s.column(&cols[p].0).expect("schema has every column").0)
+                .collect(),
             None => Vec::new(),
         };
         Shape { cols, perm, idx }
@@ -340,8 +388,15 @@ impl Shape {
 
     /// The shape of `line` if every column exists in `schema` with the same kind.
     fn within(line: &Line<'_>, schema: &TableSchema) -> Option<Shape> {
-        let tags_ok = line.tags.iter().all(|(k, _)| schema.column(k).is_some_and(|(_, kind)| kind == Kind::Tag));
-        let fields_ok = line.fields.iter().all(|(k, v)| schema.column(k).is_some_and(|(_, kind)| kind == value_of(v).kind()));
+        let tags_ok = line
+            .tags
+            .iter()
+            .all(|(k, _)| schema.column(k).is_some_and(|(_, kind)| kind == Kind::Tag));
+        let fields_ok = line.fields.iter().all(|(k, v)| {
+            schema
+                .column(k)
+                .is_some_and(|(_, kind)| kind == value_of(v).kind())
+        });
         (tags_ok && fields_ok).then(|| Shape::of(line, Some(schema)))
     }
 }
@@ -350,10 +405,16 @@ impl Shape {
 #[inline]
 fn input_column<'b>(line: &'b Line<'_>, p: usize) -> ColumnRef<'b> {
     match line.tags.get(p) {
-        Some((k, v)) => ColumnRef { name: k, value: ValueRef::Tag(v) },
+        Some((k, v)) => ColumnRef {
+            name: k,
+            value: ValueRef::Tag(v),
+        },
         None => {
             let (k, v) = &line.fields[p - line.tags.len()];
-            ColumnRef { name: k, value: value_of(v) }
+            ColumnRef {
+                name: k,
+                value: value_of(v),
+            }
         }
     }
 }
@@ -367,16 +428,26 @@ struct Chunks {
 
 impl Chunks {
     fn new(shards: usize, tables: usize, cap: usize) -> Self {
-        Self { shards, cap, builders: (0..shards * tables).map(|_| None).collect() }
+        Self {
+            shards,
+            cap,
+            builders: (0..shards * tables).map(|_| None).collect(),
+        }
     }
 
     fn push(&mut self, schema: &Arc<TableSchema>, ti: usize, line: &Line<'_>, shape: &Shape) {
-        let shard = shard_of(&schema.name, shape.perm.iter().map(|&p| input_column(line, p)), self.shards);
+        let shard = shard_of(
+            &schema.name,
+            shape.perm.iter().map(|&p| input_column(line, p)),
+            self.shards,
+        );
         let slot = ti * self.shards + shard;
         if slot >= self.builders.len() {
             self.builders.resize_with(slot + 1, || None);
         }
-        self.builders[slot].get_or_insert_with(|| ChunkBuilder::new(schema.clone(), self.cap)).push_shaped(line, shape);
+        self.builders[slot]
+            .get_or_insert_with(|| ChunkBuilder::new(schema.clone(), self.cap))
+            .push_shaped(line, shape);
     }
 
     /// Per-shard parts (ascending shard), each with its chunks in table order.
@@ -394,8 +465,13 @@ impl Chunks {
             if builders.is_empty() {
                 continue;
             }
-            let (chunks, o): (Vec<Chunk>, Vec<ChunkOrigin>) = builders.into_iter().map(ChunkBuilder::finish).unzip();
-            parts.push(ShardPart { shard, chunks, request: None });
+            let (chunks, o): (Vec<Chunk>, Vec<ChunkOrigin>) =
+                builders.into_iter().map(ChunkBuilder::finish).unzip();
+            parts.push(ShardPart {
+                shard,
+                chunks,
+                request: None,
+            });
             origins.push(o);
         }
         (parts, origins)
@@ -406,14 +482,24 @@ impl Chunks {
 /// and has all of the line's columns with the same kinds. Returns `None` as soon as a line
 /// needs more (a new table or column, or a kind conflict), so [`prepare`] takes the general
 /// path, which reports conflicts and adds columns.
-fn prepare_known(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Option<Prepared>, WriteError> {
+fn prepare_known(
+    catalog: &Catalog,
+    shards: usize,
+    db: &str,
+    body: &[u8],
+    opts: &PrepareOptions,
+) -> Result<Option<Prepared>, WriteError> {
     struct Known {
         measurement: String,
         schema: Arc<TableSchema>,
         shape: Shape,
     }
     let mut tables: Vec<Known> = Vec::new();
-    let mut chunks = Chunks::new(shards, 0, (body.len() / 200 / shards.max(1)).clamp(16, 1 << 16));
+    let mut chunks = Chunks::new(
+        shards,
+        0,
+        (body.len() / 200 / shards.max(1)).clamp(16, 1 << 16),
+    );
     let mut parser = Parser::new(body, &opts.parse);
     let mut line = Line::default();
     let mut rows = 0usize;
@@ -421,14 +507,25 @@ fn prepare_known(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: 
         match parser.next_into(&mut line) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(WriteError::Parse { line: e.line(), message: e.to_string() }),
+            Err(e) => {
+                return Err(WriteError::Parse {
+                    line: e.line(),
+                    message: e.to_string(),
+                })
+            }
         }
         let m: &str = &line.measurement;
         let ti = match tables.iter().position(|t| t.measurement == m) {
             Some(i) => i,
             None => {
-                let Some(schema) = catalog.table(&format!("{db}/{m}")) else { return Ok(None) };
-                tables.push(Known { measurement: m.to_owned(), schema, shape: Shape::default() });
+                let Some(schema) = catalog.table(&format!("{db}/{m}")) else {
+                    return Ok(None);
+                };
+                tables.push(Known {
+                    measurement: m.to_owned(),
+                    schema,
+                    shape: Shape::default(),
+                });
                 tables.len() - 1
             }
         };
@@ -446,11 +543,22 @@ fn prepare_known(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: 
         return Err(WriteError::Empty);
     }
     let (parts, origins) = chunks.finish();
-    Ok(Some(Prepared { parts, origins, rows, rejected: Vec::new() }))
+    Ok(Some(Prepared {
+        parts,
+        origins,
+        rows,
+        rejected: Vec::new(),
+    }))
 }
 
 /// Parses, validates and prepares a whole request against the catalog.
-pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, WriteError> {
+pub fn prepare(
+    catalog: &Catalog,
+    shards: usize,
+    db: &str,
+    body: &[u8],
+    opts: &PrepareOptions,
+) -> Result<Prepared, WriteError> {
     validate_db(db)?;
     if !opts.accept_partial {
         if let Some(p) = prepare_known(catalog, shards, db, body, opts)? {
@@ -469,7 +577,10 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
             Ok(false) => break,
             Err(e) => {
                 if !opts.accept_partial {
-                    return Err(WriteError::Parse { line: e.line(), message: e.to_string() });
+                    return Err(WriteError::Parse {
+                        line: e.line(),
+                        message: e.to_string(),
+                    });
                 }
                 rejected.push((e.line(), e.to_string()));
             }
@@ -495,7 +606,14 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
             None => {
                 let name = format!("{db}/{m}");
                 let current = catalog.table(&name);
-                tables.push(TableWork { measurement: m, name, current, new_cols: Vec::new(), new_index: HashMap::new(), checked: Shape::default() });
+                tables.push(TableWork {
+                    measurement: m,
+                    name,
+                    current,
+                    new_cols: Vec::new(),
+                    new_index: HashMap::new(),
+                    checked: Shape::default(),
+                });
                 tables.len() - 1
             }
         };
@@ -547,7 +665,10 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
         }
         if let Some(source) = err {
             if !opts.accept_partial {
-                return Err(WriteError::Conflict { line: line.line_number, source });
+                return Err(WriteError::Conflict {
+                    line: line.line_number,
+                    source,
+                });
             }
             rejected.push((line.line_number, source.to_string()));
             ok[li] = false;
@@ -574,7 +695,11 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
     }
     let accepted = ok.iter().filter(|&&b| b).count();
     if accepted == 0 {
-        return Err(if rejected.is_empty() { WriteError::Empty } else { WriteError::Lines(rejected) });
+        return Err(if rejected.is_empty() {
+            WriteError::Empty
+        } else {
+            WriteError::Lines(rejected)
+        });
     }
 
     // Pass 3: publish new columns (nothing is written yet if this fails).
@@ -582,18 +707,20 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
     for tw in &tables {
         let schema = match (&tw.current, tw.new_cols.is_empty()) {
             (Some(t), true) => t.clone(),
-            _ => catalog.ensure(&tw.name, &tw.new_cols).map_err(|e| match e {
-                crate::error::EngineError::Schema(source) => {
-                    let line = lines
-                        .iter()
-                        .zip(&line_table)
-                        .find(|(_, &t)| tables[t as usize].name == tw.name)
-                        .map(|(l, _)| l.line_number)
-                        .unwrap_or(0);
-                    WriteError::Conflict { line, source }
-                }
-                other => WriteError::Engine(other),
-            })?,
+            _ => catalog
+                .ensure(&tw.name, &tw.new_cols)
+                .map_err(|e| match e {
+                    crate::error::EngineError::Schema(source) => {
+                        let line = lines
+                            .iter()
+                            .zip(&line_table)
+                            .find(|(_, &t)| tables[t as usize].name == tw.name)
+                            .map(|(l, _)| l.line_number)
+                            .unwrap_or(0);
+                        WriteError::Conflict { line, source }
+                    }
+                    other => WriteError::Engine(other),
+                })?,
         };
         schemas.push(schema);
     }
@@ -614,5 +741,10 @@ pub fn prepare(catalog: &Catalog, shards: usize, db: &str, body: &[u8], opts: &P
         chunks.push(schema, ti, line, shape);
     }
     let (parts, origins) = chunks.finish();
-    Ok(Prepared { parts, origins, rows: accepted, rejected })
+    Ok(Prepared {
+        parts,
+        origins,
+        rows: accepted,
+        rejected,
+    })
 }

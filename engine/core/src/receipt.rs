@@ -42,8 +42,16 @@ pub enum ReceiptForm {
 impl WriteOutcome {
     /// Renders the receipt; `Full` falls back to `Compact` above [`RECEIPT_ROWS_MAX`] rows.
     pub fn receipt(&self, form: ReceiptForm) -> Value {
-        let form = if self.rows > RECEIPT_ROWS_MAX { ReceiptForm::Compact } else { form };
-        let rejected: Vec<Value> = self.rejected.iter().map(|(l, m)| json!({"line": l, "error": m})).collect();
+        let form = if self.rows > RECEIPT_ROWS_MAX {
+            ReceiptForm::Compact
+        } else {
+            form
+        };
+        let rejected: Vec<Value> = self
+            .rejected
+            .iter()
+            .map(|(l, m)| json!({"line": l, "error": m}))
+            .collect();
         match form {
             ReceiptForm::Full => {
                 let mut entries = Vec::with_capacity(self.rows);

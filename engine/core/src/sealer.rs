@@ -53,7 +53,9 @@ pub struct SealJob {
 pub enum SealMsg {
     Seal(Box<SealJob>),
     /// Finish every open block file, then reply.
-    Flush { reply: Sender<()> },
+    Flush {
+        reply: Sender<()>,
+    },
 }
 
 struct OpenFile {
@@ -74,7 +76,10 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("shard", &self.shard).field("open_files", &self.files.len()).finish()
+        f.debug_struct("Sealer")
+            .field("shard", &self.shard)
+            .field("open_files", &self.files.len())
+            .finish()
     }
 }
 
@@ -118,12 +123,22 @@ impl Sealer {
         persisted: Sender<Vec<u64>>,
         logs: HashMap<BranchId, BranchLog>,
     ) -> Self {
-        Self { shard, shared, rx, persisted, logs, files: HashMap::new() }
+        Self {
+            shard,
+            shared,
+            rx,
+            persisted,
+            logs,
+            files: HashMap::new(),
+        }
     }
 
     pub fn run(mut self) {
         loop {
-            let wait = self.next_deadline().saturating_duration_since(Instant::now()).min(IDLE_WAIT_MAX);
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(IDLE_WAIT_MAX);
             match self.rx.recv_timeout(wait) {
                 Ok(SealMsg::Seal(job)) => {
                     if let Err(e) = self.seal(*job) {
@@ -151,7 +166,11 @@ impl Sealer {
 
     fn next_deadline(&self) -> Instant {
         let age = self.shared.cfg.file_age;
-        self.files.values().map(|f| f.opened + age).min().unwrap_or_else(|| Instant::now() + IDLE_WAIT_MAX)
+        self.files
+            .values()
+            .map(|f| f.opened + age)
+            .min()
+            .unwrap_or_else(|| Instant::now() + IDLE_WAIT_MAX)
     }
 
     fn log_for(&mut self, branch: &BranchId, table: &str) -> Result<&mut BranchLog, EngineError> {
@@ -172,8 +191,18 @@ impl Sealer {
         let started = Instant::now();
         let log = self.log_for(&job.branch, &job.table.name)?;
         let size = log.size();
-        assert!(job.height <= size, "block {} sealed before block {} of its branch", job.height, size);
-        let prev = if job.height == 0 { ZERO_HASH } else { log.block_hash(job.height - 1).map_err(EngineError::storage)? };
+        assert!(
+            job.height <= size,
+            "block {} sealed before block {} of its branch",
+            job.height,
+            size
+        );
+        let prev = if job.height == 0 {
+            ZERO_HASH
+        } else {
+            log.block_hash(job.height - 1)
+                .map_err(EngineError::storage)?
+        };
         let header = BlockHeader {
             table: job.table.name.clone(),
             branch: job.branch,
@@ -205,32 +234,60 @@ impl Sealer {
         assert_eq!(batch.num_rows(), header.row_count as usize);
 
         // The block file: one per branch at a time, one schema per file.
-        let roll = self.files.get(&job.branch).is_some_and(|f| *f.writer.schema() != job.table.arrow);
+        let roll = self
+            .files
+            .get(&job.branch)
+            .is_some_and(|f| *f.writer.schema() != job.table.arrow);
         if roll {
             self.finish(&job.branch)?;
         }
         if !self.files.contains_key(&job.branch) {
             let dir = blocks_dir(&self.shared.cfg.data_dir, &job.branch);
             std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
-            let writer = BlockFileWriter::create(&dir, &format!("{:012}", job.height), job.table.arrow.clone(), self.shared.cfg.block_rows)
-                .map_err(EngineError::storage)?;
-            self.files.insert(job.branch, OpenFile { writer, opened: Instant::now(), first_segments: Vec::new() });
+            let writer = BlockFileWriter::create(
+                &dir,
+                &format!("{:012}", job.height),
+                job.table.arrow.clone(),
+                self.shared.cfg.block_rows,
+            )
+            .map_err(EngineError::storage)?;
+            self.files.insert(
+                job.branch,
+                OpenFile {
+                    writer,
+                    opened: Instant::now(),
+                    first_segments: Vec::new(),
+                },
+            );
         }
         let file = self.files.get_mut(&job.branch).expect("inserted");
-        file.writer.write_block(&batch, &header, &signature).map_err(EngineError::storage)?;
+        file.writer
+            .write_block(&batch, &header, &signature)
+            .map_err(EngineError::storage)?;
         file.first_segments.push(job.first_segment);
         let full = file.writer.rows() >= self.shared.cfg.file_rows;
 
         let log = self.logs.get_mut(&job.branch).expect("opened above");
         if job.height == size {
-            log.append(&header, &signature).map_err(EngineError::storage)?;
+            log.append(&header, &signature)
+                .map_err(EngineError::storage)?;
             log.sync().map_err(EngineError::storage)?;
         }
-        let head = BranchHead { table: job.table.name.clone(), shard: self.shard, size: log.size(), root: log.root() };
+        let head = BranchHead {
+            table: job.table.name.clone(),
+            shard: self.shard,
+            size: log.size(),
+            root: log.root(),
+        };
         self.shared.heads.lock().insert(job.branch, head);
         metrics::counter!("annals_blocks_sealed_total").increment(1);
         metrics::histogram!("annals_seal_seconds").record(started.elapsed().as_secs_f64());
-        debug!(shard = self.shard, height = job.height, rows = header.row_count, "sealed block");
+        debug!(
+            shard = self.shard,
+            height = job.height,
+            rows = header.row_count,
+            "sealed block"
+        );
         if full {
             self.finish(&job.branch)?;
         }
@@ -248,7 +305,12 @@ impl Sealer {
     }
 
     fn finish_where(&mut self, pick: impl Fn(&OpenFile) -> bool) {
-        let ids: Vec<BranchId> = self.files.iter().filter(|(_, f)| pick(f)).map(|(b, _)| *b).collect();
+        let ids: Vec<BranchId> = self
+            .files
+            .iter()
+            .filter(|(_, f)| pick(f))
+            .map(|(b, _)| *b)
+            .collect();
         for b in ids {
             if let Err(e) = self.finish(&b) {
                 error!(shard = self.shard, error = %e, "finishing a block file failed; its blocks stay in the WAL");

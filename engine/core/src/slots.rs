@@ -17,7 +17,10 @@ pub struct Slots {
 impl Slots {
     pub fn new(cap: usize) -> Self {
         assert!(cap > 0, "slots need a capacity");
-        Self { used: AtomicUsize::new(0), cap }
+        Self {
+            used: AtomicUsize::new(0),
+            cap,
+        }
     }
 
     /// Takes a slot if one is free.
@@ -27,7 +30,12 @@ impl Slots {
             if cur >= self.cap {
                 return false;
             }
-            match self.used.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }

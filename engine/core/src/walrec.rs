@@ -24,13 +24,37 @@ const TAG_REQUEST: u8 = 3;
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
 pub enum WalRecord<'a> {
-    Rows { branch: BranchId, height: u64, first_index: u32, rows: Vec<&'a [u8]> },
-    Seal { branch: BranchId, height: u64, row_count: u32, sealed_at: i64, context: Hash },
-    Request { key: &'a str, body_hash: u64, part: u16, parts: u16, runs: Vec<Vec<Run>> },
+    Rows {
+        branch: BranchId,
+        height: u64,
+        first_index: u32,
+        rows: Vec<&'a [u8]>,
+    },
+    Seal {
+        branch: BranchId,
+        height: u64,
+        row_count: u32,
+        sealed_at: i64,
+        context: Hash,
+    },
+    Request {
+        key: &'a str,
+        body_hash: u64,
+        part: u16,
+        parts: u16,
+        runs: Vec<Vec<Run>>,
+    },
 }
 
 /// Appends a request record: the positions one shard gave a keyed request's part.
-pub fn encode_request(out: &mut Vec<u8>, key: &str, body_hash: u64, part: u16, parts: u16, runs: &[Vec<Run>]) {
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    key: &str,
+    body_hash: u64,
+    part: u16,
+    parts: u16,
+    runs: &[Vec<Run>],
+) {
     out.push(TAG_REQUEST);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
@@ -50,7 +74,13 @@ pub fn encode_request(out: &mut Vec<u8>, key: &str, body_hash: u64, part: u16, p
 }
 
 /// Appends a rows record to `out` for `rows` (each a canonical encoding).
-pub fn encode_rows<'r>(out: &mut Vec<u8>, branch: &BranchId, height: u64, first_index: u32, rows: impl ExactSizeIterator<Item = &'r [u8]>) {
+pub fn encode_rows<'r>(
+    out: &mut Vec<u8>,
+    branch: &BranchId,
+    height: u64,
+    first_index: u32,
+    rows: impl ExactSizeIterator<Item = &'r [u8]>,
+) {
     out.push(TAG_ROWS);
     out.extend_from_slice(branch);
     out.extend_from_slice(&height.to_le_bytes());
@@ -63,7 +93,14 @@ pub fn encode_rows<'r>(out: &mut Vec<u8>, branch: &BranchId, height: u64, first_
 }
 
 /// Appends a seal record to `out`.
-pub fn encode_seal(out: &mut Vec<u8>, branch: &BranchId, height: u64, row_count: u32, sealed_at: i64, context: &Hash) {
+pub fn encode_seal(
+    out: &mut Vec<u8>,
+    branch: &BranchId,
+    height: u64,
+    row_count: u32,
+    sealed_at: i64,
+    context: &Hash,
+) {
     out.push(TAG_SEAL);
     out.extend_from_slice(branch);
     out.extend_from_slice(&height.to_le_bytes());
@@ -74,7 +111,10 @@ pub fn encode_seal(out: &mut Vec<u8>, branch: &BranchId, height: u64, row_count:
 
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     if buf.len() < n {
-        return Err(format!("record truncated: needed {n} bytes, {} left", buf.len()));
+        return Err(format!(
+            "record truncated: needed {n} bytes, {} left",
+            buf.len()
+        ));
     }
     let (a, b) = buf.split_at(n);
     *buf = b;
@@ -100,7 +140,12 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
                 let len = u32::from_le_bytes(arr(b)?) as usize;
                 rows.push(take(b, len)?);
             }
-            WalRecord::Rows { branch, height, first_index, rows }
+            WalRecord::Rows {
+                branch,
+                height,
+                first_index,
+                rows,
+            }
         }
         TAG_SEAL => WalRecord::Seal {
             branch: arr::<16>(b)?,
@@ -111,7 +156,8 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
         },
         TAG_REQUEST => {
             let len = u32::from_le_bytes(arr(b)?) as usize;
-            let key = std::str::from_utf8(take(b, len)?).map_err(|_| "request key is not UTF-8".to_string())?;
+            let key = std::str::from_utf8(take(b, len)?)
+                .map_err(|_| "request key is not UTF-8".to_string())?;
             let body_hash = u64::from_le_bytes(arr(b)?);
             let part = u16::from_le_bytes(arr(b)?);
             let parts = u16::from_le_bytes(arr(b)?);
@@ -130,7 +176,13 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
                 }
                 runs.push(chunk);
             }
-            WalRecord::Request { key, body_hash, part, parts, runs }
+            WalRecord::Request {
+                key,
+                body_hash,
+                part,
+                parts,
+                runs,
+            }
         }
         t => return Err(format!("unknown WAL record type {t}")),
     };
@@ -149,19 +201,50 @@ mod tests {
         let mut out = Vec::new();
         let rows: Vec<&[u8]> = vec![b"abc", b"", b"defg"];
         encode_rows(&mut out, &[7; 16], 3, 10, rows.iter().copied());
-        assert_eq!(decode(&out).unwrap(), WalRecord::Rows { branch: [7; 16], height: 3, first_index: 10, rows });
+        assert_eq!(
+            decode(&out).unwrap(),
+            WalRecord::Rows {
+                branch: [7; 16],
+                height: 3,
+                first_index: 10,
+                rows
+            }
+        );
         let mut out = Vec::new();
         encode_seal(&mut out, &[1; 16], 4, 99, -5, &[9; 32]);
         assert_eq!(
             decode(&out).unwrap(),
-            WalRecord::Seal { branch: [1; 16], height: 4, row_count: 99, sealed_at: -5, context: [9; 32] }
+            WalRecord::Seal {
+                branch: [1; 16],
+                height: 4,
+                row_count: 99,
+                sealed_at: -5,
+                context: [9; 32]
+            }
         );
         out.push(0);
         assert!(decode(&out).is_err());
-        let runs = vec![vec![Run { branch: [2; 16], height: 5, first_index: 3, count: 7 }], vec![]];
+        let runs = vec![
+            vec![Run {
+                branch: [2; 16],
+                height: 5,
+                first_index: 3,
+                count: 7,
+            }],
+            vec![],
+        ];
         let mut out = Vec::new();
         encode_request(&mut out, "db\0k", 42, 1, 3, &runs);
-        assert_eq!(decode(&out).unwrap(), WalRecord::Request { key: "db\0k", body_hash: 42, part: 1, parts: 3, runs });
+        assert_eq!(
+            decode(&out).unwrap(),
+            WalRecord::Request {
+                key: "db\0k",
+                body_hash: 42,
+                part: 1,
+                parts: 3,
+                runs
+            }
+        );
         assert!(decode(&out[..10]).is_err());
     }
 }

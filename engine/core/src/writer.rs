@@ -32,14 +32,26 @@ pub const GROUP_MAX: usize = 256;
 /// Longest the writer sleeps when idle (it also wakes for block ages).
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(200);
 
+/// The positions of a part's rows, per chunk, or why it failed.
+pub type PartResult = Result<Vec<Vec<Run>>, EngineError>;
+/// Where a part's result goes.
+pub type Reply = oneshot::Sender<PartResult>;
+
 /// What a writer is asked to do.
 #[derive(Debug)]
 pub enum WriterMsg {
-    Write { part: ShardPart, reply: oneshot::Sender<Result<Vec<Vec<Run>>, EngineError>> },
+    Write {
+        part: ShardPart,
+        reply: Reply,
+    },
     /// Seal every open block and finish every block file, then reply.
-    Flush { reply: Sender<()> },
+    Flush {
+        reply: Sender<()>,
+    },
     /// Flush, then stop.
-    Shutdown { reply: Sender<()> },
+    Shutdown {
+        reply: Sender<()>,
+    },
 }
 
 /// A block being filled.
@@ -110,7 +122,10 @@ pub struct Writer {
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("shard", &self.shard).field("branches", &self.branches.len()).finish()
+        f.debug_struct("Writer")
+            .field("shard", &self.shard)
+            .field("branches", &self.branches.len())
+            .finish()
     }
 }
 
@@ -142,7 +157,11 @@ impl Writer {
     }
 
     fn open_rows(&self) -> usize {
-        self.branches.values().filter_map(|b| b.open.as_ref()).map(|o| o.rows()).sum()
+        self.branches
+            .values()
+            .filter_map(|b| b.open.as_ref())
+            .map(|o| o.rows())
+            .sum()
     }
 
     fn next_deadline(&self) -> Instant {
@@ -158,7 +177,10 @@ impl Writer {
     /// Runs until shutdown or until every sender is gone.
     pub fn run(mut self) {
         loop {
-            let wait = self.next_deadline().saturating_duration_since(Instant::now()).min(IDLE_WAIT_MAX);
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(IDLE_WAIT_MAX);
             let mut msgs = Vec::new();
             match self.rx.recv_timeout(wait) {
                 Ok(m) => msgs.push(m),
@@ -210,7 +232,7 @@ impl Writer {
     }
 
     /// One fsync for everything appended this turn, then acknowledgements, then seal jobs.
-    fn commit(&mut self, acks: Vec<(oneshot::Sender<Result<Vec<Vec<Run>>, EngineError>>, Result<Vec<Vec<Run>>, EngineError>)>) {
+    fn commit(&mut self, acks: Vec<(Reply, PartResult)>) {
         if self.poisoned.is_none() && (!acks.is_empty() || !self.pending.is_empty()) {
             let started = Instant::now();
             if let Err(e) = self.wal.sync() {
@@ -246,7 +268,7 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, part: ShardPart) -> Result<Vec<Vec<Run>>, EngineError> {
+    fn apply(&mut self, part: ShardPart) -> PartResult {
         if let Some(p) = &self.poisoned {
             return Err(EngineError::Poisoned(p.clone()));
         }
@@ -263,7 +285,14 @@ impl Writer {
         if let Some(tag) = &part.request {
             // Same group commit as the rows: a durable request record implies durable rows.
             self.buf.clear();
-            walrec::encode_request(&mut self.buf, &tag.key, tag.body_hash, tag.part, tag.parts, &out);
+            walrec::encode_request(
+                &mut self.buf,
+                &tag.key,
+                tag.body_hash,
+                tag.part,
+                tag.parts,
+                &out,
+            );
             if let Err(e) = self.wal.append(&self.buf) {
                 let e = EngineError::storage(e);
                 self.poisoned = Some(e.to_string());
@@ -276,12 +305,14 @@ impl Writer {
     fn branch_for(&mut self, table: &TableSchema) -> &mut BranchState {
         let shard = self.shard;
         let key = self.shared.public_key();
-        self.branches.entry(table.name.clone()).or_insert_with(|| BranchState {
-            branch: branch_id(&key, shard, &table.name),
-            table: table.name.clone(),
-            next_height: 0,
-            open: None,
-        })
+        self.branches
+            .entry(table.name.clone())
+            .or_insert_with(|| BranchState {
+                branch: branch_id(&key, shard, &table.name),
+                table: table.name.clone(),
+                next_height: 0,
+                open: None,
+            })
     }
 
     fn apply_chunk(&mut self, chunk: Chunk) -> Result<Vec<Run>, EngineError> {
@@ -297,15 +328,33 @@ impl Writer {
                 st.next_height += 1;
                 *self.segment_refs.entry(segment).or_default() += 1;
             }
-            let st = self.branches.get_mut(&chunk.table.name).expect("just inserted");
+            let st = self
+                .branches
+                .get_mut(&chunk.table.name)
+                .expect("just inserted");
             let blk = st.open.as_mut().expect("opened above");
             let take = (n - off).min(block_rows - blk.rows());
             let first_index = blk.rows() as u32;
             self.buf.clear();
-            walrec::encode_rows(&mut self.buf, &st.branch, blk.height, first_index, (off..off + take).map(|i| chunk.encoding(i)));
+            walrec::encode_rows(
+                &mut self.buf,
+                &st.branch,
+                blk.height,
+                first_index,
+                (off..off + take).map(|i| chunk.encoding(i)),
+            );
             self.wal.append(&self.buf).map_err(EngineError::storage)?;
-            blk.push(chunk.batch.slice(off, take), &chunk.leaf_hashes[off..off + take], &chunk.times[off..off + take]);
-            runs.push(Run { branch: st.branch, height: blk.height, first_index, count: take as u32 });
+            blk.push(
+                chunk.batch.slice(off, take),
+                &chunk.leaf_hashes[off..off + take],
+                &chunk.times[off..off + take],
+            );
+            runs.push(Run {
+                branch: st.branch,
+                height: blk.height,
+                first_index,
+                count: take as u32,
+            });
             off += take;
             if blk.rows() >= block_rows {
                 let table = st.table.clone();
@@ -320,13 +369,32 @@ impl Writer {
     /// sealer after the next fsync.
     fn seal(&mut self, table: &str) -> Result<(), EngineError> {
         let st = self.branches.get_mut(table).expect("branch exists");
-        let Some(blk) = st.open.take() else { return Ok(()) };
-        let schema = self.shared.catalog.table(table).expect("a table with rows is in the catalog");
+        let Some(blk) = st.open.take() else {
+            return Ok(());
+        };
+        let schema = self
+            .shared
+            .catalog
+            .table(table)
+            .expect("a table with rows is in the catalog");
         let sealed_at = self.shared.clock.now_ns();
         self.buf.clear();
-        walrec::encode_seal(&mut self.buf, &st.branch, blk.height, blk.rows() as u32, sealed_at, &schema.context_hash);
+        walrec::encode_seal(
+            &mut self.buf,
+            &st.branch,
+            blk.height,
+            blk.rows() as u32,
+            sealed_at,
+            &schema.context_hash,
+        );
         self.wal.append(&self.buf).map_err(EngineError::storage)?;
-        debug!(shard = self.shard, table, height = blk.height, rows = blk.rows(), "sealing block");
+        debug!(
+            shard = self.shard,
+            table,
+            height = blk.height,
+            rows = blk.rows(),
+            "sealing block"
+        );
         self.pending.push(SealJob {
             branch: st.branch,
             table: schema.clone(),
@@ -347,8 +415,12 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
-        let tables: Vec<String> =
-            self.branches.values().filter(|b| b.open.as_ref().is_some_and(&pick)).map(|b| b.table.clone()).collect();
+        let tables: Vec<String> = self
+            .branches
+            .values()
+            .filter(|b| b.open.as_ref().is_some_and(&pick))
+            .map(|b| b.table.clone())
+            .collect();
         for t in tables {
             if let Err(e) = self.seal(&t) {
                 self.poisoned = Some(e.to_string());
@@ -411,14 +483,23 @@ impl Writer {
                     Some(_) => {
                         self.segment_refs.remove(&s);
                     }
-                    None => error!(shard = self.shard, segment = s, "persisted notice for an untracked segment"),
+                    None => error!(
+                        shard = self.shard,
+                        segment = s,
+                        "persisted notice for an untracked segment"
+                    ),
                 }
             }
         }
         if self.poisoned.is_some() {
             return;
         }
-        let keep_from = self.segment_refs.keys().next().copied().unwrap_or(self.wal.current_segment());
+        let keep_from = self
+            .segment_refs
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.wal.current_segment());
         if let Err(e) = self.wal.remove_segments_before(keep_from) {
             error!(shard = self.shard, error = %e, "could not delete old WAL segments");
         }

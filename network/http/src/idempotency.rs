@@ -11,15 +11,21 @@ use tokio::sync::OnceCell;
 /// A finished write's answer: status code and JSON body (`None` for 204).
 pub(crate) type Answer = (u16, Option<serde_json::Value>, u64);
 
+/// Cells by key, and keys in insertion order for eviction.
+type Table = (HashMap<String, Arc<OnceCell<Answer>>>, VecDeque<String>);
+
 #[derive(Debug)]
 pub(crate) struct Keys {
     max: usize,
-    inner: Mutex<(HashMap<String, Arc<OnceCell<Answer>>>, VecDeque<String>)>,
+    inner: Mutex<Table>,
 }
 
 impl Keys {
     pub(crate) fn new(max: usize) -> Self {
-        Self { max: max.max(1), inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+        Self {
+            max: max.max(1),
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
     }
 
     /// The cell for `key`, created if new. Callers `get_or_try_init` it with the write.

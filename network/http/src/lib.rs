@@ -46,7 +46,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: BODY_BYTES_MAX_DEFAULT, write_wait_max: Duration::from_secs(5), idempotency_keys_max: 100_000 }
+        Self {
+            max_body_bytes: BODY_BYTES_MAX_DEFAULT,
+            write_wait_max: Duration::from_secs(5),
+            idempotency_keys_max: 100_000,
+        }
     }
 }
 
@@ -61,7 +65,12 @@ pub struct AppState {
 
 /// Builds the router.
 pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -> Router {
-    let state = AppState { engine, idem: Arc::new(idempotency::Keys::new(cfg.idempotency_keys_max)), cfg: cfg.clone(), metrics };
+    let state = AppState {
+        engine,
+        idem: Arc::new(idempotency::Keys::new(cfg.idempotency_keys_max)),
+        cfg: cfg.clone(),
+        metrics,
+    };
     Router::new()
         .route("/api/v3/write_lp", post(write::write_v3))
         .route("/api/v2/write", post(write::write_v2))
@@ -71,13 +80,21 @@ pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHa
         .route("/metrics", get(metrics_text))
         .route("/api/v3/flush", post(flush))
         // A body announced larger than the limit is answered 413 before it is read.
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(cfg.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            cfg.max_body_bytes,
+        ))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
 }
 
 async fn ping() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "annals-0.1"), ("X-Influxdb-Build", "annals")])
+    (
+        StatusCode::NO_CONTENT,
+        [
+            ("X-Influxdb-Version", "annals-0.1"),
+            ("X-Influxdb-Build", "annals"),
+        ],
+    )
 }
 
 async fn health(State(s): State<AppState>) -> Response {
@@ -91,7 +108,11 @@ async fn health(State(s): State<AppState>) -> Response {
         "checkpoint_epoch": cp.as_ref().map(|c| c.header.epoch),
         "queue_depths": s.engine.queue_depths(),
     });
-    let code = if r.damaged.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if r.damaged.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -110,6 +131,10 @@ async fn flush(State(s): State<AppState>) -> Response {
     let engine = s.engine.clone();
     match tokio::task::spawn_blocking(move || engine.flush()).await {
         Ok(epoch) => Json(json!({ "checkpoint_epoch": epoch })).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
     }
 }

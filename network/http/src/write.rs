@@ -27,13 +27,19 @@ pub enum WriteApi {
 /// Parses `precision` as the v1, v2 and v3 APIs spell it; v3 defaults to `auto`.
 fn precision(api: WriteApi, p: Option<&str>) -> Result<Precision, String> {
     match p {
-        None | Some("") => Ok(if api == WriteApi::V3 { Precision::Auto } else { Precision::Nanoseconds }),
-        Some(p) => Precision::parse(p).ok_or_else(|| format!("unknown precision {p:?}: use ns, us, ms, s or auto")),
+        None | Some("") => Ok(if api == WriteApi::V3 {
+            Precision::Auto
+        } else {
+            Precision::Nanoseconds
+        }),
+        Some(p) => Precision::parse(p)
+            .ok_or_else(|| format!("unknown precision {p:?}: use ns, us, ms, s or auto")),
     }
 }
 
 fn bool_param(q: &HashMap<String, String>, k: &str) -> bool {
-    q.get(k).is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"))
+    q.get(k)
+        .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"))
 }
 
 fn error(code: StatusCode, msg: impl Into<String>, line: Option<usize>) -> (u16, Option<Value>) {
@@ -64,7 +70,8 @@ fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)
         }
     }
     if code == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
     }
     resp
 }
@@ -73,30 +80,69 @@ fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)
 fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, (u16, Option<Value>)> {
     let mut out = Vec::with_capacity(body.len() * 4);
     let mut d = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
-    d.read_to_end(&mut out).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"), None))?;
+    d.read_to_end(&mut out).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid gzip body: {e}"),
+            None,
+        )
+    })?;
     if out.len() > max {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body exceeds {max} bytes"), None));
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("decompressed body exceeds {max} bytes"),
+            None,
+        ));
     }
     Ok(out)
 }
 
-pub(crate) async fn write_v1(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn write_v1(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     let db = q.get("db").cloned().unwrap_or_default();
     write(s, WriteApi::V1, db, q, h, body).await
 }
 
-pub(crate) async fn write_v2(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
-    let db = q.get("bucket").or_else(|| q.get("db")).cloned().unwrap_or_default();
+pub(crate) async fn write_v2(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let db = q
+        .get("bucket")
+        .or_else(|| q.get("db"))
+        .cloned()
+        .unwrap_or_default();
     write(s, WriteApi::V2, db, q, h, body).await
 }
 
-pub(crate) async fn write_v3(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn write_v3(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     let db = q.get("db").cloned().unwrap_or_default();
     write(s, WriteApi::V3, db, q, h, body).await
 }
 
-async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String>, h: HeaderMap, body: Bytes) -> Response {
-    let key = h.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+async fn write(
+    s: AppState,
+    api: WriteApi,
+    db: String,
+    q: HashMap<String, String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = h
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let Some(key) = key else {
         return respond(write_once(&s, api, &db, &q, &h, &body, None).await, &[]);
     };
@@ -108,9 +154,17 @@ async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String
             // After a restart the WAL may hold this request's parts: answer those, write the rest.
             let recovered = s.engine.take_recovered(&full_key);
             if recovered.as_ref().is_some_and(|r| r.body_hash != body_hash) {
-                return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key was used with a different request body", None));
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency-Key was used with a different request body",
+                    None,
+                ));
             }
-            let keyed = Keyed { key: &full_key, body_hash, done: recovered.map(|r| r.parts).unwrap_or_default() };
+            let keyed = Keyed {
+                key: &full_key,
+                body_hash,
+                done: recovered.map(|r| r.parts).unwrap_or_default(),
+            };
             let (code, body) = write_once(&s, api, &db, &q, &h, &body, Some(keyed)).await;
             // Only a write that happened is remembered; a refused one may be retried.
             if (200..300).contains(&code) {
@@ -121,10 +175,18 @@ async fn write(s: AppState, api: WriteApi, db: String, q: HashMap<String, String
         })
         .await;
     match result {
-        Ok((code, body, hash)) if *hash == body_hash => {
-            respond((*code, body.clone()), &[("idempotent-replayed", "true".to_owned())])
-        }
-        Ok(_) => respond(error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key was used with a different request body", None), &[]),
+        Ok((code, body, hash)) if *hash == body_hash => respond(
+            (*code, body.clone()),
+            &[("idempotent-replayed", "true".to_owned())],
+        ),
+        Ok(_) => respond(
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key was used with a different request body",
+                None,
+            ),
+            &[],
+        ),
         Err(answer) => respond(answer, &[]),
     }
 }
@@ -148,13 +210,20 @@ async fn write_once(
     let started = Instant::now();
     if db.is_empty() {
         let name = if api == WriteApi::V2 { "bucket" } else { "db" };
-        return error(StatusCode::BAD_REQUEST, format!("missing query parameter {name:?}"), None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("missing query parameter {name:?}"),
+            None,
+        );
     }
     let precision = match precision(api, q.get("precision").map(String::as_str)) {
         Ok(p) => p,
         Err(m) => return error(StatusCode::BAD_REQUEST, m, None),
     };
-    let gz = h.get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let gz = h
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let inflated;
     let bytes: &[u8] = if gz {
         match gunzip(body, s.cfg.max_body_bytes) {
@@ -172,11 +241,21 @@ async fn write_once(
     }
     let want_receipt = bool_param(q, "receipt")
         || q.get("receipt").is_some_and(|v| v == "compact")
-        || h.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));
-    let form = if q.get("receipt").is_some_and(|v| v == "compact") { ReceiptForm::Compact } else { ReceiptForm::Full };
+        || h.get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"));
+    let form = if q.get("receipt").is_some_and(|v| v == "compact") {
+        ReceiptForm::Compact
+    } else {
+        ReceiptForm::Full
+    };
     let no_sync = bool_param(q, "no_sync");
     let opts = PrepareOptions {
-        parse: ParseOptions { precision, default_time_ns: s.engine.clock().now_ns(), ..ParseOptions::default() },
+        parse: ParseOptions {
+            precision,
+            default_time_ns: s.engine.clock().now_ns(),
+            ..ParseOptions::default()
+        },
         accept_partial: bool_param(q, "accept_partial"),
     };
 
@@ -193,14 +272,22 @@ async fn write_once(
         None => (None, &[][..]),
     };
     if !done.is_empty() && done.len() != prepared.parts.len() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key names a request of another shape", None);
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency-Key names a request of another shape",
+            None,
+        );
     }
     let pending = loop {
         match engine.submit_keyed(prepared, key, done) {
             Ok(p) => break p,
             Err(back) => {
                 if Instant::now() + backoff > deadline {
-                    return error(StatusCode::SERVICE_UNAVAILABLE, "ingest queues are full; retry later", None);
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ingest queues are full; retry later",
+                        None,
+                    );
                 }
                 prepared = back;
                 tokio::time::sleep(backoff).await;
@@ -240,18 +327,35 @@ fn write_error(e: WriteError) -> (u16, Option<Value>) {
     match e {
         WriteError::Parse { line, message } => error(StatusCode::BAD_REQUEST, message, Some(line)),
         WriteError::Lines(lines) => {
-            let (code, body) = error(StatusCode::BAD_REQUEST, format!("{} lines rejected", lines.len()), Some(lines[0].0));
+            let (code, body) = error(
+                StatusCode::BAD_REQUEST,
+                format!("{} lines rejected", lines.len()),
+                Some(lines[0].0),
+            );
             let mut body = body.expect("error has a body");
-            body["rejected"] = lines.iter().map(|(l, m)| json!({"line": l, "error": m})).collect();
+            body["rejected"] = lines
+                .iter()
+                .map(|(l, m)| json!({"line": l, "error": m}))
+                .collect();
             (code, Some(body))
         }
-        WriteError::Conflict { line, source } => error(StatusCode::UNPROCESSABLE_ENTITY, format!("line {line}: {source}"), Some(line)),
+        WriteError::Conflict { line, source } => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("line {line}: {source}"),
+            Some(line),
+        ),
         e @ WriteError::Database(_) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
         WriteError::Empty => (StatusCode::NO_CONTENT.as_u16(), None),
-        WriteError::Overloaded => error(StatusCode::SERVICE_UNAVAILABLE, "ingest queues are full; retry later", None),
-        WriteError::Engine(annals_engine::EngineError::ShuttingDown) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down", None)
-        }
+        WriteError::Overloaded => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queues are full; retry later",
+            None,
+        ),
+        WriteError::Engine(annals_engine::EngineError::ShuttingDown) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+            None,
+        ),
         e => {
             tracing::error!(error = %e, "write failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)

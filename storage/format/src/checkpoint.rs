@@ -117,7 +117,7 @@ pub struct Validator {
 /// `H(0x05 || count:u32 || (pubkey | power) * count)`, sorted by pubkey (sorted here).
 pub fn validators_hash(validators: &[Validator]) -> Hash {
     let mut sorted = validators.to_vec();
-    sorted.sort_by(|a, b| a.pubkey.cmp(&b.pubkey));
+    sorted.sort_by_key(|v| v.pubkey);
     let mut buf = Vec::with_capacity(4 + sorted.len() * 40);
     buf.extend_from_slice(&(sorted.len() as u32).to_le_bytes());
     for v in &sorted {

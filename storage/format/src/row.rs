@@ -259,7 +259,11 @@ pub fn encode_row_presorted<'c>(
     for c in cols {
         #[cfg(debug_assertions)]
         {
-            debug_assert!(prev.is_none_or(|p| p.as_bytes() < c.name.as_bytes()), "columns not sorted: {prev:?} then {:?}", c.name);
+            debug_assert!(
+                prev.is_none_or(|p| p.as_bytes() < c.name.as_bytes()),
+                "columns not sorted: {prev:?} then {:?}",
+                c.name
+            );
             prev = Some(c.name);
         }
         put_str(out, c.name);

@@ -277,8 +277,16 @@ impl BlockFileWriter {
                 source,
             })?;
         let buf = self.writer.inner_mut();
-        buf.flush().map_err(|source| BlockFileError::Io { path: tmp.clone(), source })?;
-        buf.get_ref().sync_all().map_err(|source| BlockFileError::Io { path: tmp.clone(), source })?;
+        buf.flush().map_err(|source| BlockFileError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        buf.get_ref()
+            .sync_all()
+            .map_err(|source| BlockFileError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
         drop(self.writer);
         std::fs::rename(&tmp, &self.final_path).map_err(|source| BlockFileError::Io {
             path: tmp.clone(),
