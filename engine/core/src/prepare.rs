@@ -217,45 +217,23 @@ impl ChunkBuilder {
     /// Adds a row whose columns are sorted by name. Every column must exist in the schema with
     /// its kind (checked by the caller); a violation is a bug and panics.
     pub fn push(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>]) {
-        let idx: Vec<usize> = cols
-            .iter()
-            .map(|c| {
-                self.table
-                    .column(c.name)
-                    .expect("column checked against the schema")
-                    .0
-            })
-            .collect();
-        self.push_indexed(line, time, cols, &idx);
-    }
-
-    /// [`push`](Self::push) with each column's schema position already known.
-    pub fn push_indexed(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>], idx: &[usize]) {
-        debug_assert_eq!(cols.len(), idx.len());
-        let stamp = self.times.len() as u32 + 1;
         let before = self.enc.len();
         encode_row(&mut self.enc, &self.table.name, time, cols).expect("columns sorted and unique");
-        self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
-        self.offsets.push(self.enc.len() as u32);
-        self.times.push(time);
-        self.lines.push(line);
-        self.time.append_value(time);
-        for (c, &i) in cols.iter().zip(idx) {
-            debug_assert_eq!(self.table.columns[i].1, c.value.kind());
-            debug_assert_eq!(self.table.columns[i].0, c.name);
-            self.cols[i].append(c.value);
-            self.filled[i] = stamp;
-        }
-        for (i, b) in self.cols.iter_mut().enumerate() {
-            if self.filled[i] != stamp {
-                b.append_null();
-            }
-        }
+        let table = self.table.clone();
+        let indexed = cols.iter().map(|c| {
+            (
+                *c,
+                table
+                    .column(c.name)
+                    .expect("column checked against the schema")
+                    .0,
+            )
+        });
+        self.push_encoded(line, time, before, indexed);
     }
 
     /// Adds a parsed line whose [`Shape`] (canonical order and schema positions) is known.
     fn push_shaped(&mut self, line: &Line<'_>, shape: &Shape) {
-        let stamp = self.times.len() as u32 + 1;
         let before = self.enc.len();
         let sorted = || shape.perm.iter().map(|&p| input_column(line, p));
         encode_row_presorted(
@@ -265,13 +243,32 @@ impl ChunkBuilder {
             shape.perm.len(),
             sorted(),
         );
+        self.push_encoded(
+            line.line_number as u32,
+            line.time_ns,
+            before,
+            sorted().zip(shape.idx.iter().copied()),
+        );
+    }
+
+    /// Records the row just encoded at `enc[before..]` and appends its columns (with their
+    /// schema positions) to the Arrow builders; columns the row lacks get nulls.
+    fn push_encoded<'c>(
+        &mut self,
+        line: u32,
+        time: i64,
+        before: usize,
+        cols: impl Iterator<Item = (ColumnRef<'c>, usize)>,
+    ) {
+        let stamp = self.times.len() as u32 + 1;
         self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
         self.offsets.push(self.enc.len() as u32);
-        self.times.push(line.time_ns);
-        self.lines.push(line.line_number as u32);
-        self.time.append_value(line.time_ns);
-        for (c, &i) in sorted().zip(&shape.idx) {
+        self.times.push(time);
+        self.lines.push(line);
+        self.time.append_value(time);
+        for (c, i) in cols {
             debug_assert_eq!(self.table.columns[i].0, c.name);
+            debug_assert_eq!(self.table.columns[i].1, c.value.kind());
             self.cols[i].append(c.value);
             self.filled[i] = stamp;
         }

@@ -99,46 +99,42 @@ fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, (u16, Option<Value>)> {
 
 pub(crate) async fn write_v1(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Params>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let db = q.get("db").cloned().unwrap_or_default();
-    write(s, WriteApi::V1, db, q, h, body).await
+    write(s, WriteApi::V1, q, h, body).await
 }
 
 pub(crate) async fn write_v2(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Params>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let db = q
-        .get("bucket")
-        .or_else(|| q.get("db"))
-        .cloned()
-        .unwrap_or_default();
-    write(s, WriteApi::V2, db, q, h, body).await
+    write(s, WriteApi::V2, q, h, body).await
 }
 
 pub(crate) async fn write_v3(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Params>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let db = q.get("db").cloned().unwrap_or_default();
-    write(s, WriteApi::V3, db, q, h, body).await
+    write(s, WriteApi::V3, q, h, body).await
 }
 
-async fn write(
-    s: AppState,
-    api: WriteApi,
-    db: String,
-    q: HashMap<String, String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// Query parameters of a write.
+type Params = HashMap<String, String>;
+
+async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes) -> Response {
+    // v2 names the database `bucket` (and accepts `db` too).
+    let db = match api {
+        WriteApi::V2 => q.get("bucket").or_else(|| q.get("db")),
+        WriteApi::V1 | WriteApi::V3 => q.get("db"),
+    }
+    .cloned()
+    .unwrap_or_default();
     let key = h
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

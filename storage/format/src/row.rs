@@ -224,17 +224,23 @@ pub fn encode_row(
     out.extend_from_slice(&time.to_le_bytes());
     out.extend_from_slice(&(cols.len() as u16).to_le_bytes());
     for c in cols {
-        put_str(out, c.name);
-        out.push(c.value.kind() as u8);
-        match c.value {
-            ValueRef::Tag(s) | ValueRef::Str(s) => put_str(out, s),
-            ValueRef::F64(v) => out.extend_from_slice(&v.to_bits().to_le_bytes()),
-            ValueRef::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            ValueRef::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            ValueRef::Bool(v) => out.push(v as u8),
-        }
+        put_column(out, c);
     }
     Ok(())
+}
+
+/// `name:str | kind:u8 | value`.
+#[inline]
+fn put_column(out: &mut Vec<u8>, c: &ColumnRef<'_>) {
+    put_str(out, c.name);
+    out.push(c.value.kind() as u8);
+    match c.value {
+        ValueRef::Tag(s) | ValueRef::Str(s) => put_str(out, s),
+        ValueRef::F64(v) => out.extend_from_slice(&v.to_bits().to_le_bytes()),
+        ValueRef::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        ValueRef::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        ValueRef::Bool(v) => out.push(v as u8),
+    }
 }
 
 /// Appends the canonical encoding of a row whose columns the caller already knows to be sorted
@@ -266,15 +272,7 @@ pub fn encode_row_presorted<'c>(
             );
             prev = Some(c.name);
         }
-        put_str(out, c.name);
-        out.push(c.value.kind() as u8);
-        match c.value {
-            ValueRef::Tag(s) | ValueRef::Str(s) => put_str(out, s),
-            ValueRef::F64(v) => out.extend_from_slice(&v.to_bits().to_le_bytes()),
-            ValueRef::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            ValueRef::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-            ValueRef::Bool(v) => out.push(v as u8),
-        }
+        put_column(out, &c);
         written += 1;
     }
     assert_eq!(written, ncols, "column count");
