@@ -223,6 +223,7 @@ impl Writer {
                     let _ = r.send(());
                 }
                 if let Some(r) = shutdown {
+                    self.retire_wal();
                     let _ = r.send(());
                     return;
                 }
@@ -472,6 +473,20 @@ impl Writer {
         self.seal_all();
         self.commit(Vec::new());
         self.flush_sealer();
+    }
+
+    /// At shutdown, once every block is in a finished file: start a fresh segment and delete
+    /// the rest, so the next start has nothing to replay.
+    fn retire_wal(&mut self) {
+        self.trim_wal();
+        if self.poisoned.is_some() || !self.segment_refs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.wal.rotate_now() {
+            error!(shard = self.shard, error = %e, "could not rotate the WAL at shutdown");
+            return;
+        }
+        self.trim_wal();
     }
 
     /// Deletes WAL segments every block of which is in a finished block file.

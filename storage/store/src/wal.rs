@@ -522,6 +522,15 @@ impl Wal {
         self.poison_on_err(r)
     }
 
+    /// Syncs the current segment and starts a new one, so every earlier segment can be removed
+    /// once what it holds is durable elsewhere (the engine does this at shutdown, leaving an
+    /// empty WAL for the next start to replay).
+    pub fn rotate_now(&mut self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        let r = self.rotate();
+        self.poison_on_err(r)
+    }
+
     /// Id of the segment frames are appended to.
     pub fn current_segment(&self) -> u64 {
         self.current
