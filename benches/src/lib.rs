@@ -8,7 +8,10 @@
 //!   `compare`): `gen` writes the workload to a file, `load` replays it over HTTP against any
 //!   server speaking the InfluxDB write API, `compare-ingest` starts annals and InfluxDB 1.x
 //!   itself and loads the same batches into each;
-//! - criterion micro-benchmarks in `benches/` (generation throughput; more come with the engine).
+//! - criterion micro-benchmarks in `benches/`: generation throughput, and the engine's parts in
+//!   process (parsing, row encoding and hashing, Merkle trees, signatures, request preparation,
+//!   WAL, branch log, block files, end-to-end ingest); only the bench targets link the engine's
+//!   crates, as dev-dependencies.
 //!
 //! What it must never do: depend on annals internals from the library (it measures the server
 //! from outside, as a user would); send traffic anywhere but the URL it is given (loopback for
