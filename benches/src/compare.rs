@@ -42,6 +42,8 @@ struct Outcome {
     peak_rss: u64,
     cpu_secs: f64,
     disk_bytes: u64,
+    /// After a clean shutdown (annals: blocks sealed, files finished, WAL retired).
+    disk_bytes_stopped: u64,
 }
 
 /// Where `annals` is: the path given, else `target/release/annals` from the current directory,
@@ -170,8 +172,12 @@ async fn measure(
         peak_rss: server.peak_rss_bytes()?,
         cpu_secs: server.cpu_seconds()?,
         disk_bytes: server.data_bytes()?,
+        disk_bytes_stopped: 0,
         load: report,
     };
+    let mut outcome = outcome;
+    server.terminate()?;
+    outcome.disk_bytes_stopped = server.data_bytes()?;
     eprintln!(
         "{}: {:.0} rows/s, peak RSS {:.0} MiB, {:.1} disk bytes/row",
         server.name,
@@ -236,11 +242,11 @@ fn print_table(opts: &CompareOptions, work: &Workload, outcomes: &[Outcome]) {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     println!();
-    println!("| server | rows/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk bytes/row | server CPU s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| server | rows/s | MB/s | p50 ms | p99 ms | peak RSS MiB | disk bytes/row at last ack | after clean stop | server CPU s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
             o.label,
             thousands(o.load.rows_per_sec().round() as u64),
             o.load.mb_per_sec(),
@@ -248,6 +254,7 @@ fn print_table(opts: &CompareOptions, work: &Workload, outcomes: &[Outcome]) {
             load::ms(o.load.p99),
             o.peak_rss as f64 / (1 << 20) as f64,
             o.disk_bytes as f64 / o.load.rows as f64,
+            o.disk_bytes_stopped as f64 / o.load.rows as f64,
             o.cpu_secs,
         );
     }
@@ -261,16 +268,17 @@ fn print_table(opts: &CompareOptions, work: &Workload, outcomes: &[Outcome]) {
         };
         println!();
         println!(
-            "annals / InfluxDB: {} rows/s, {} peak RSS, {} disk bytes/row.",
+            "annals / InfluxDB: {} rows/s, {} peak RSS, {} disk bytes/row at last ack, {} after clean stop.",
             ratio(annals.load.rows_per_sec(), influx.load.rows_per_sec()),
             ratio(annals.peak_rss as f64, influx.peak_rss as f64),
             ratio(annals.disk_bytes as f64, influx.disk_bytes as f64),
+            ratio(annals.disk_bytes_stopped as f64, influx.disk_bytes_stopped as f64),
         );
     }
     println!();
     println!(
-        "Disk is measured right after the last acknowledgement: WAL included, before any later \
-         compaction."
+        "Disk is measured right after the last acknowledgement (WAL included) and again after a \
+         clean stop (SIGTERM: annals seals open blocks, finishes block files and retires its WAL)."
     );
 }
 

@@ -123,6 +123,30 @@ impl Server {
         }
     }
 
+    /// Asks the server to shut down cleanly (SIGTERM) and waits up to 120 s for it to exit, so
+    /// what it writes at shutdown is on disk before the directory is measured again.
+    pub(crate) fn terminate(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "could not signal {}", self.name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop within 120 s",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.child = None;
+        Ok(())
+    }
+
     /// Kills the server and waits for it.
     pub(crate) fn stop(mut self) {
         self.kill();
