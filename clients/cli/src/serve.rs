@@ -82,6 +82,13 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cfg = args.engine_config();
+    if !(1024..=1 << 30).contains(&args.max_body_bytes) {
+        eprintln!(
+            "annals serve: --max-body-bytes must be between 1024 and 1073741824, got {}",
+            args.max_body_bytes
+        );
+        return ExitCode::from(2);
+    }
     if let Err(e) = cfg.validate() {
         eprintln!("annals serve: {e}");
         return ExitCode::from(2);

@@ -29,6 +29,8 @@ use crate::walrec;
 
 /// Most requests one group commit covers.
 pub const GROUP_MAX: usize = 256;
+/// Most row bytes in one WAL rows record (the WAL refuses frames over 64 MiB).
+pub const WAL_FRAME_ROWS_BYTES_MAX: usize = 8 << 20;
 /// Longest the writer sleeps when idle (it also wakes for block ages).
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(200);
 
@@ -334,7 +336,13 @@ impl Writer {
                 .get_mut(&chunk.table.name)
                 .expect("just inserted");
             let blk = st.open.as_mut().expect("opened above");
-            let take = (n - off).min(block_rows - blk.rows());
+            let mut take = (n - off).min(block_rows - blk.rows());
+            // Keep each WAL frame well under the WAL's frame bound, however wide the rows.
+            let start = chunk.offsets[off] as usize;
+            while take > 1 && chunk.offsets[off + take] as usize - start > WAL_FRAME_ROWS_BYTES_MAX
+            {
+                take /= 2;
+            }
             let first_index = blk.rows() as u32;
             self.buf.clear();
             walrec::encode_rows(

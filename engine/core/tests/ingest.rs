@@ -923,3 +923,35 @@ fn checkpoints_commit_to_branch_heads_and_every_proof_step_verifies() {
     assert_eq!(report.checkpoints, 3);
     assert_eq!(report.rows_checked, 69);
 }
+
+/// Rows so wide that one block's worth of them would not fit in one WAL frame (64 MiB): the
+/// writer must split them over several frames rather than fail (and poison the shard).
+#[test]
+fn rows_wider_than_a_wal_frame_are_split_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(config(dir.path(), 1, 1024));
+    let blob = "x".repeat(60_000);
+    let mut body = String::new();
+    for i in 0..80 {
+        body.push_str(&format!("wide,dev=d{i}"));
+        for f in 0..15 {
+            body.push_str(if f == 0 { " " } else { "," });
+            body.push_str(&format!("s{f}=\"{blob}\""));
+        }
+        body.push_str(&format!(" {}\n", 1_700_000_000_000_000_000i64 + i));
+    }
+    assert!(
+        body.len() > 64 << 20,
+        "the request is larger than one WAL frame"
+    );
+    let out = write_with(&engine, &body, false).expect("wide rows are written");
+    assert_eq!(out.rows, 80);
+    engine.shutdown();
+    drop(engine);
+    // Reopen (replays nothing after a clean stop) and read every row back.
+    let engine = open(config(dir.path(), 1, 1024));
+    engine.shutdown();
+    let ledger = ledger(dir.path());
+    assert_eq!(ledger.len(), 80);
+    assert!(ledger.values().all(|r| r.encoding.len() > 15 * 60_000));
+}
