@@ -50,9 +50,7 @@ use annals_format::merkle::{self, RangeHasher};
 use annals_format::{BlockHeader, BranchId, Hash, ZERO_HASH};
 use memmap2::{Mmap, MmapOptions};
 
-use crate::fsutil::{
-    self, classify_tail, put_frame, FrameRead, FrameReader, TailVerdict, TornTail,
-};
+use crate::fsutil::{self, put_frame, FrameRead, FrameReader, TornTail};
 
 /// Name of the record file inside a branch directory.
 pub const BLOCKS_FILE: &str = "blocks.log";
@@ -428,33 +426,23 @@ impl BranchLog {
                 }
                 FrameRead::End => break end,
                 FrameRead::Bad { offset, reason } => {
-                    match classify_tail(&blocks, offset, end, RECORD_BYTES_MAX)
-                        .map_err(io_err("reading", &blocks_path))?
+                    match fsutil::settle_bad_record(
+                        &blocks,
+                        &blocks_path,
+                        offset,
+                        end,
+                        &reason,
+                        RECORD_BYTES_MAX,
+                        read_only,
+                        "branch log",
+                    )
+                    .map_err(io_err("reading", &blocks_path))?
                     {
-                        TailVerdict::Torn => {
-                            tracing::warn!(
-                                file = %blocks_path.display(),
-                                offset,
-                                bytes = end - offset,
-                                reason = %reason,
-                                read_only,
-                                "torn tail in branch log"
-                            );
-                            if read_only {
-                                torn = Some(TornTail {
-                                    file: blocks_path.clone(),
-                                    offset,
-                                    bytes: end - offset,
-                                });
-                            } else {
-                                fsutil::truncate_durable(&blocks, offset)
-                                    .map_err(io_err("truncating", &blocks_path))?;
-                            }
+                        Ok(t) => {
+                            torn = t;
                             break offset;
                         }
-                        TailVerdict::Corrupt(why) => {
-                            return Err(corrupt(offset, hashes.len(), format!("{reason}; {why}")))
-                        }
+                        Err(why) => return Err(corrupt(offset, hashes.len(), why)),
                     }
                 }
             }

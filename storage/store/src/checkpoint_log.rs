@@ -35,9 +35,7 @@ use std::path::{Path, PathBuf};
 use annals_format::checkpoint::{branches_root, CHECKPOINT_LEN, ENTRY_LEN};
 use annals_format::{BranchEntry, CheckpointHeader, Hash, ZERO_HASH};
 
-use crate::fsutil::{
-    self, classify_tail, put_frame, FrameRead, FrameReader, TailVerdict, TornTail,
-};
+use crate::fsutil::{self, put_frame, FrameRead, FrameReader, TornTail};
 
 /// Conventional file name of the checkpoint log inside a node's data directory.
 pub const CHECKPOINTS_FILE: &str = "checkpoints.log";
@@ -298,33 +296,23 @@ impl CheckpointLog {
                 }
                 FrameRead::End => break end,
                 FrameRead::Bad { offset, reason } => {
-                    match classify_tail(&file, offset, end, RECORD_BYTES_MAX)
-                        .map_err(io_err("reading", path))?
+                    match fsutil::settle_bad_record(
+                        &file,
+                        path,
+                        offset,
+                        end,
+                        &reason,
+                        RECORD_BYTES_MAX,
+                        read_only,
+                        "checkpoint log",
+                    )
+                    .map_err(io_err("reading", path))?
                     {
-                        TailVerdict::Torn => {
-                            tracing::warn!(
-                                file = %path.display(),
-                                offset,
-                                bytes = end - offset,
-                                reason = %reason,
-                                read_only,
-                                "torn tail in checkpoint log"
-                            );
-                            if read_only {
-                                torn = Some(TornTail {
-                                    file: path.to_owned(),
-                                    offset,
-                                    bytes: end - offset,
-                                });
-                            } else {
-                                fsutil::truncate_durable(&file, offset)
-                                    .map_err(io_err("truncating", path))?;
-                            }
+                        Ok(t) => {
+                            torn = t;
                             break offset;
                         }
-                        TailVerdict::Corrupt(why) => {
-                            return Err(corrupt(offset, records.len(), format!("{reason}; {why}")))
-                        }
+                        Err(why) => return Err(corrupt(offset, records.len(), why)),
                     }
                 }
             }

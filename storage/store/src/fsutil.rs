@@ -326,6 +326,37 @@ pub(crate) enum TailVerdict {
 
 /// Decides whether the bytes `[bad_offset, end)` of `file` are a torn tail: true when no valid
 /// frame (plausible length, matching checksum) starts at any byte after `bad_offset`.
+/// At the first bad record of an append-only log at `offset` (file length `end`): a torn tail
+/// (nothing valid follows) is cut, or with `read_only` left in place and returned; anything
+/// else is corruption, returned as `Err(reason)` for the caller to report with its location.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn settle_bad_record(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    end: u64,
+    reason: &str,
+    record_bytes_max: u32,
+    read_only: bool,
+    what: &'static str,
+) -> io::Result<Result<Option<TornTail>, String>> {
+    match classify_tail(file, offset, end, record_bytes_max)? {
+        TailVerdict::Torn => {
+            tracing::warn!(file = %path.display(), offset, bytes = end - offset, reason = %reason, read_only, "torn tail in {what}");
+            if read_only {
+                return Ok(Ok(Some(TornTail {
+                    file: path.to_owned(),
+                    offset,
+                    bytes: end - offset,
+                })));
+            }
+            truncate_durable(file, offset)?;
+            Ok(Ok(None))
+        }
+        TailVerdict::Corrupt(why) => Ok(Err(format!("{reason}; {why}"))),
+    }
+}
+
 pub(crate) fn classify_tail(
     file: &File,
     bad_offset: u64,
