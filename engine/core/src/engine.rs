@@ -29,7 +29,7 @@ use crate::sealer::{SealJob, SealMsg, Sealer};
 use crate::shared::{BranchHead, Shared};
 use crate::slots::{acquire_all, Slots};
 use crate::walrec::{self, WalRecord};
-use crate::writer::{BranchState, OpenBlock, PartResult, Writer, WriterMsg};
+use crate::writer::{BlockRows, BranchState, OpenBlock, PartResult, Writer, WriterMsg};
 
 /// Blocks waiting for a sealer before its writer waits too.
 const SEAL_QUEUE_MAX: usize = 8;
@@ -376,6 +376,8 @@ impl Engine {
                     next_height = next_height.max(height + 1);
                     *segment_refs.entry(b.first_segment).or_default() += 1;
                     let (chunk, origin) = rebuild_chunk(&shared.catalog, &table, &b.rows)?;
+                    let mut rows = BlockRows::default();
+                    rows.push(chunk.batch, &origin.leaf_hashes, &chunk.times);
                     match b.seal {
                         Some((_, sealed_at, context)) => {
                             report.blocks_resealed += 1;
@@ -385,10 +387,7 @@ impl Engine {
                                 height,
                                 sealed_at,
                                 context,
-                                time_min: chunk.times.iter().copied().min().unwrap_or(0),
-                                time_max: chunk.times.iter().copied().max().unwrap_or(0),
-                                chunks: vec![chunk.batch],
-                                leaf_hashes: origin.leaf_hashes,
+                                rows,
                                 first_segment: b.first_segment,
                                 expect_hash: log.filter(|l| height < l.size()).and_then(|l| l.block_hash(height).ok()),
                             });
@@ -396,7 +395,7 @@ impl Engine {
                         None if Some(height) == last => {
                             report.open_rows_restored += b.rows.len();
                             let mut o = OpenBlock::new(height, b.first_segment);
-                            o.push(chunk.batch, &origin.leaf_hashes, &chunk.times);
+                            o.rows = rows;
                             open = Some(o);
                         }
                         None => {

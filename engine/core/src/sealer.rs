@@ -26,6 +26,7 @@ use tracing::{debug, error, info};
 use crate::catalog::TableSchema;
 use crate::error::EngineError;
 use crate::shared::{BranchHead, Shared};
+use crate::writer::BlockRows;
 
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(500);
 
@@ -38,10 +39,7 @@ pub struct SealJob {
     pub height: u64,
     pub sealed_at: i64,
     pub context: Hash,
-    pub chunks: Vec<RecordBatch>,
-    pub leaf_hashes: Vec<Hash>,
-    pub time_min: i64,
-    pub time_max: i64,
+    pub rows: BlockRows,
     pub first_segment: u64,
     /// Set when recovery rebuilds a block the branch log already holds: the rebuilt header
     /// must hash to this.
@@ -208,10 +206,10 @@ impl Sealer {
             branch: job.branch,
             height: job.height,
             prev,
-            rows_root: root_of(&job.leaf_hashes),
-            row_count: job.leaf_hashes.len() as u32,
-            time_min: job.time_min,
-            time_max: job.time_max,
+            rows_root: root_of(&job.rows.leaf_hashes),
+            row_count: job.rows.len() as u32,
+            time_min: job.rows.time_min,
+            time_max: job.rows.time_max,
             context: job.context,
             sealed_at: job.sealed_at,
         };
@@ -230,7 +228,7 @@ impl Sealer {
             }
         }
         let signature = sign(&self.shared.key, &hash);
-        let batch = assemble(&job.table, &job.chunks)?;
+        let batch = assemble(&job.table, &job.rows.chunks)?;
         assert_eq!(batch.num_rows(), header.row_count as usize);
 
         // The block file: one per branch at a time, one schema per file.

@@ -56,32 +56,32 @@ pub enum WriterMsg {
     },
 }
 
-/// A block being filled.
+/// The rows of a block: Arrow chunks in ledger order, their leaf hashes and time range.
 #[derive(Debug)]
-pub struct OpenBlock {
-    pub height: u64,
+pub struct BlockRows {
     pub chunks: Vec<RecordBatch>,
     pub leaf_hashes: Vec<Hash>,
     pub time_min: i64,
     pub time_max: i64,
-    pub opened: Instant,
-    pub first_segment: u64,
 }
 
-impl OpenBlock {
-    pub fn new(height: u64, first_segment: u64) -> Self {
+impl Default for BlockRows {
+    fn default() -> Self {
         Self {
-            height,
             chunks: Vec::new(),
             leaf_hashes: Vec::new(),
             time_min: i64::MAX,
             time_max: i64::MIN,
-            opened: Instant::now(),
-            first_segment,
         }
     }
-    pub fn rows(&self) -> usize {
+}
+
+impl BlockRows {
+    pub fn len(&self) -> usize {
         self.leaf_hashes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.leaf_hashes.is_empty()
     }
     pub fn push(&mut self, batch: RecordBatch, leaf_hashes: &[Hash], times: &[i64]) {
         debug_assert_eq!(batch.num_rows(), leaf_hashes.len());
@@ -91,6 +91,30 @@ impl OpenBlock {
         }
         self.leaf_hashes.extend_from_slice(leaf_hashes);
         self.chunks.push(batch);
+    }
+}
+
+/// A block being filled.
+#[derive(Debug)]
+pub struct OpenBlock {
+    pub height: u64,
+    pub rows: BlockRows,
+    pub opened: Instant,
+    /// The first WAL segment holding its rows.
+    pub first_segment: u64,
+}
+
+impl OpenBlock {
+    pub fn new(height: u64, first_segment: u64) -> Self {
+        Self {
+            height,
+            rows: BlockRows::default(),
+            opened: Instant::now(),
+            first_segment,
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.rows.len()
     }
 }
 
@@ -353,7 +377,7 @@ impl Writer {
                 (off..off + take).map(|i| chunk.encoding(i)),
             );
             self.wal.append(&self.buf).map_err(EngineError::storage)?;
-            blk.push(
+            blk.rows.push(
                 chunk.batch.slice(off, take),
                 &chunk.leaf_hashes[off..off + take],
                 &chunk.times[off..off + take],
@@ -410,10 +434,7 @@ impl Writer {
             height: blk.height,
             sealed_at,
             context: schema.context_hash,
-            chunks: blk.chunks,
-            leaf_hashes: blk.leaf_hashes,
-            time_min: blk.time_min,
-            time_max: blk.time_max,
+            rows: blk.rows,
             first_segment: blk.first_segment,
             expect_hash: None,
         });

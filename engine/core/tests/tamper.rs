@@ -28,6 +28,17 @@ const BLOCK_ROWS: usize = 4;
 /// requests of 12 rows per table, each flushed (so 3 checkpoints, and every branch has 9 full
 /// blocks in 3 files).
 fn base() -> TempDir {
+    build_base(false)
+}
+
+/// The same ledger as [`base`], copied while the node still runs (after its last flush): what a
+/// crash at that moment leaves, with every block still in the WAL. A clean shutdown retires
+/// the WAL, so only such an image can rebuild lost block files.
+fn live_image() -> TempDir {
+    build_base(true)
+}
+
+fn build_base(live: bool) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(config(dir.path(), 1, BLOCK_ROWS));
     for chunk in 0..3 {
@@ -49,6 +60,12 @@ fn base() -> TempDir {
             .collect();
         write(&engine, &pts);
         assert_eq!(engine.flush(), Some(chunk as u64));
+    }
+    if live {
+        let image = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), image.path());
+        engine.shutdown();
+        return image;
     }
     engine.shutdown();
     drop(engine);
@@ -559,7 +576,7 @@ fn row_for(ledger: &std::collections::BTreeMap<String, StoredRow>, branch: &str)
 
 #[test]
 fn open_rebuilds_damaged_or_deleted_block_files_and_a_cut_branch_log_from_the_wal() {
-    let base = base();
+    let base = live_image();
     let original = ledger(base.path());
     let file = full_file(base.path())
         .strip_prefix(base.path())
