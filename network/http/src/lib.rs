@@ -79,6 +79,8 @@ pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHa
         .route("/ping", get(ping).head(ping))
         .route("/metrics", get(metrics_text))
         .route("/api/v3/flush", post(flush))
+        // A panic in a handler answers 500 on that request; the server keeps serving.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             cfg.max_body_bytes,
