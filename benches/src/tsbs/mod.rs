@@ -259,7 +259,7 @@ impl IotGenerator {
     /// Line at the current (step, truck, table); true if written to `out` now.
     fn entry(&mut self, out: &mut Vec<u8>) -> bool {
         let irr = self.cfg.irregularities;
-        if self.stats.entries % GROUP_LINES == 0 {
+        if self.stats.entries.is_multiple_of(GROUP_LINES) {
             self.group_missing = unit(&mut self.rng) < irr.missing_group;
         }
         self.stats.entries += 1;

@@ -41,6 +41,8 @@ pub struct AuditReport {
     pub blocks_pending: u64,
     /// Bytes after the last complete WAL frame (cut at the next start).
     pub wal_torn_bytes: u64,
+    /// Damaged block files the node moved aside at start (`*.parquet.damaged`).
+    pub quarantined: Vec<String>,
     pub checkpoints: u64,
     pub problems: Vec<Problem>,
 }
@@ -113,6 +115,9 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                         ),
                     }
                 }
+                if let Err(e) = log.verify_tree() {
+                    r.problem(format!("{}/tree.hashes", entry.display()), e.to_string());
+                }
                 r.blocks_in_logs += log.size();
                 logs.insert(branch, log);
             }
@@ -125,6 +130,11 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
     let mut seen: HashSet<(BranchId, u64)> = HashSet::new();
     for bd in sorted(&data_dir.join("blocks"))? {
         for file in sorted(&bd)? {
+            if file.to_string_lossy().ends_with(".parquet.damaged") {
+                // Judged below: a finding only if blocks of its branch are now missing.
+                r.quarantined.push(file.display().to_string());
+                continue;
+            }
             if !file.to_string_lossy().ends_with(FILE_SUFFIX) {
                 continue;
             }
@@ -237,10 +247,24 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
             r.blocks_pending += 1;
             let at = format!("branch {} height {h}", to_hex(branch));
             match wal.get(&(*branch, h)) {
-                None => r.problem(
-                    at,
-                    "in the branch log but in no block file and not in the WAL: its rows are lost",
-                ),
+                None => {
+                    let dir = to_hex(branch);
+                    // Each quarantined file of this branch is reported once, as a finding.
+                    let hits: Vec<String> = r
+                        .quarantined
+                        .iter()
+                        .filter(|q| q.contains(&dir))
+                        .cloned()
+                        .collect();
+                    r.quarantined.retain(|q| !q.contains(&dir));
+                    for q in hits {
+                        r.problem(
+                            q,
+                            "damaged block file, moved aside at start; its blocks were not rebuilt",
+                        );
+                    }
+                    r.problem(at, "in the branch log but in no block file and not in the WAL: its rows are lost")
+                }
                 Some(rows) => {
                     if let Ok((header, _, _)) = log.header(h) {
                         let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();

@@ -64,6 +64,8 @@ pub struct Engine {
     report: RecoveryReport,
     created_key: bool,
     recovered: Mutex<HashMap<String, RecoveredRequest>>,
+    /// Held (locked) for the engine's life.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Engine {
@@ -100,6 +102,9 @@ enum Reply {
 #[derive(Debug, Clone)]
 pub struct RecoveredRequest {
     pub body_hash: u64,
+    /// The time the original request gave lines without a timestamp; a retry prepares with it
+    /// so its rows (and `tx_id`s) are the ones stored.
+    pub default_time_ns: i64,
     pub parts: Vec<Option<Vec<Vec<Run>>>>,
 }
 
@@ -173,6 +178,21 @@ impl Engine {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|e| EngineError::io(&p, e))?;
         }
+        // One process per data directory: a second one would delete the first's unfinished
+        // block files and write the same heights. The lock lives as long as the engine.
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| EngineError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|_| {
+            EngineError::Config(format!(
+                "data directory {} is in use by another annals process",
+                dir.display()
+            ))
+        })?;
         check_node_file(&dir, cfg.shards)?;
         let (key, created_key) = crate::keys::load_or_create(&dir)?;
         let catalog = Arc::new(Catalog::open(&dir)?);
@@ -230,7 +250,20 @@ impl Engine {
                     .push(format!("unexpected entry {}", bdir.display()));
                 continue;
             };
-            for file in read_dir_sorted(&bdir)? {
+            let files = read_dir_sorted(&bdir)?;
+            let has_log = logs.iter().any(|m| m.contains_key(&branch));
+            if !has_log
+                && files
+                    .iter()
+                    .any(|f| f.to_string_lossy().ends_with(FILE_SUFFIX))
+            {
+                // Writing on would start the branch again at height 0 and reuse positions.
+                return Err(EngineError::Corrupt(format!(
+                    "{} holds block files but the branch log branches/{name} is missing; restore it from a backup",
+                    bdir.display()
+                )));
+            }
+            for file in files {
                 let fname = file.to_string_lossy().to_string();
                 if fname.ends_with(TMP_SUFFIX) {
                     std::fs::remove_file(&file).map_err(|e| EngineError::io(&file, e))?;
@@ -256,13 +289,32 @@ impl Engine {
                         persisted.extend(heights.into_iter().map(|h| (branch, h)));
                     }
                     Err(msg) => {
-                        error!(file = %file.display(), problem = %msg, "DAMAGED BLOCK FILE: its blocks will not be served");
-                        report.damaged.push(format!("{}: {msg}", file.display()));
+                        // Quarantined, never overwritten: its blocks are rebuilt from the WAL
+                        // into a new file if the WAL still has them, else reported as lost.
+                        let aside = file.with_extension("parquet.damaged");
+                        std::fs::rename(&file, &aside).map_err(|e| EngineError::io(&file, e))?;
+                        annals_storage::fsutil::fsync_dir(&bdir)
+                            .map_err(|e| EngineError::io(&bdir, e))?;
+                        error!(file = %file.display(), moved_to = %aside.display(), problem = %msg, "DAMAGED BLOCK FILE: quarantined, its blocks will not be served");
+                        report.damaged.push(format!(
+                            "{}: {msg} (moved to {})",
+                            file.display(),
+                            aside.display()
+                        ));
                     }
                 }
             }
         }
 
+        // Heads after any tail restored from block files.
+        for m in &logs {
+            for (b, log) in m {
+                if let Some(h) = heads.get_mut(b) {
+                    h.size = log.size();
+                    h.root = log.root();
+                }
+            }
+        }
         let checkpoints =
             CheckpointLog::open(&dir.join("checkpoints.log")).map_err(EngineError::storage)?;
         let shared = Arc::new(Shared {
@@ -317,10 +369,12 @@ impl Engine {
                         }
                         b.seal = Some((row_count, sealed_at, context));
                     }
-                    WalRecord::Request { key, body_hash, part, parts, runs } => {
-                        let r = recovered
-                            .entry(key.to_owned())
-                            .or_insert_with(|| RecoveredRequest { body_hash, parts: vec![None; parts as usize] });
+                    WalRecord::Request { key, body_hash, default_time, part, parts, runs } => {
+                        let r = recovered.entry(key.to_owned()).or_insert_with(|| RecoveredRequest {
+                            body_hash,
+                            default_time_ns: default_time,
+                            parts: vec![None; parts as usize],
+                        });
                         if r.body_hash == body_hash && (part as usize) < r.parts.len() {
                             r.parts[part as usize] = Some(runs);
                         }
@@ -473,6 +527,7 @@ impl Engine {
             report,
             created_key,
             recovered: Mutex::new(recovered),
+            _lock: lock,
         })
     }
 
@@ -525,12 +580,12 @@ impl Engine {
 
     /// [`submit`](Self::submit) for a request with an idempotency key (`(key, body hash)`):
     /// each shard logs the positions of its part with the key, so a retry after a restart can
-    /// be answered from the WAL. Parts listed in `done` (from [`take_recovered`](Self::take_recovered))
+    /// be answered from the WAL. Parts listed in `done` (from [`recovered_request`](Self::recovered_request))
     /// are not written again; their positions are answered as they were.
     pub fn submit_keyed(
         &self,
         prepared: Prepared,
-        key: Option<(&str, u64)>,
+        key: Option<(&str, u64, i64)>,
         done: &[Option<Vec<Vec<Run>>>],
     ) -> Result<PendingWrite, Prepared> {
         let is_done = |i: usize| done.get(i).is_some_and(|d| d.is_some());
@@ -552,17 +607,18 @@ impl Engine {
             rejected,
         } = prepared;
         let nparts = parts.len() as u16;
-        let key: Option<(Arc<str>, u64)> = key.map(|(k, h)| (Arc::from(k), h));
+        let key: Option<(Arc<str>, u64, i64)> = key.map(|(k, h, t)| (Arc::from(k), h, t));
         let mut replies = Vec::with_capacity(parts.len());
         for (i, mut part) in parts.into_iter().enumerate() {
             if let Some(Some(runs)) = done.get(i) {
                 replies.push(Reply::Ready(runs.clone()));
                 continue;
             }
-            if let Some((k, h)) = &key {
+            if let Some((k, h, t)) = &key {
                 part.request = Some(RequestTag {
                     key: k.clone(),
                     body_hash: *h,
+                    default_time_ns: *t,
                     part: i as u16,
                     parts: nparts,
                 });
@@ -586,9 +642,14 @@ impl Engine {
         })
     }
 
-    /// Takes what recovery found of a keyed request, if its part records were in the WAL.
-    pub fn take_recovered(&self, key: &str) -> Option<RecoveredRequest> {
-        self.recovered.lock().remove(key)
+    /// What recovery found of a keyed request, if its part records were in the WAL.
+    pub fn recovered_request(&self, key: &str) -> Option<RecoveredRequest> {
+        self.recovered.lock().get(key).cloned()
+    }
+
+    /// Forgets a recovered request once its retry has been answered.
+    pub fn forget_recovered(&self, key: &str) {
+        self.recovered.lock().remove(key);
     }
 
     /// Seals every open block, finishes every block file and writes a checkpoint; returns the

@@ -84,6 +84,7 @@ pub struct ShardPart {
 pub struct RequestTag {
     pub key: Arc<str>,
     pub body_hash: u64,
+    pub default_time_ns: i64,
     pub part: u16,
     pub parts: u16,
 }

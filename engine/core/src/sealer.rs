@@ -174,7 +174,8 @@ impl Sealer {
     fn log_for(&mut self, branch: &BranchId, table: &str) -> Result<&mut BranchLog, EngineError> {
         if !self.logs.contains_key(branch) {
             let dir = branch_dir(&self.shared.cfg.data_dir, branch);
-            std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+            annals_storage::fsutil::create_dir_durable(&dir)
+                .map_err(|e| EngineError::io(&dir, e))?;
             let meta = serde_json::json!({ "table": table, "shard": self.shard, "branch": to_hex(branch) });
             let meta_path = dir.join("branch.json");
             annals_storage::fsutil::atomic_write(&meta_path, meta.to_string().as_bytes())
@@ -241,7 +242,8 @@ impl Sealer {
         }
         if !self.files.contains_key(&job.branch) {
             let dir = blocks_dir(&self.shared.cfg.data_dir, &job.branch);
-            std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+            annals_storage::fsutil::create_dir_durable(&dir)
+                .map_err(|e| EngineError::io(&dir, e))?;
             let writer = BlockFileWriter::create(
                 &dir,
                 &format!("{:012}", job.height),

@@ -3,7 +3,7 @@
 //! ```text
 //! rows := 1:u8 | branch:16 | height:u64 | first_index:u32 | count:u32 | (len:u32 | row) * count
 //! seal := 2:u8 | branch:16 | height:u64 | row_count:u32 | sealed_at:i64 | context:32
-//! request := 3:u8 | key:str | body_hash:u64 | part:u16 | parts:u16 | nchunks:u16
+//! request := 3:u8 | key:str | body_hash:u64 | default_time:i64 | part:u16 | parts:u16 | nchunks:u16
 //!            | (nruns:u32 | (branch:16 | height:u64 | first_index:u32 | count:u32) * nruns) * nchunks
 //! ```
 //! A request record follows the rows records of one shard's part of a request that carried an
@@ -40,6 +40,8 @@ pub enum WalRecord<'a> {
     Request {
         key: &'a str,
         body_hash: u64,
+        /// Time given to lines without a timestamp: a retry must prepare with the same.
+        default_time: i64,
         part: u16,
         parts: u16,
         runs: Vec<Vec<Run>>,
@@ -51,6 +53,7 @@ pub fn encode_request(
     out: &mut Vec<u8>,
     key: &str,
     body_hash: u64,
+    default_time: i64,
     part: u16,
     parts: u16,
     runs: &[Vec<Run>],
@@ -59,6 +62,7 @@ pub fn encode_request(
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(&body_hash.to_le_bytes());
+    out.extend_from_slice(&default_time.to_le_bytes());
     out.extend_from_slice(&part.to_le_bytes());
     out.extend_from_slice(&parts.to_le_bytes());
     out.extend_from_slice(&(runs.len() as u16).to_le_bytes());
@@ -159,6 +163,7 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
             let key = std::str::from_utf8(take(b, len)?)
                 .map_err(|_| "request key is not UTF-8".to_string())?;
             let body_hash = u64::from_le_bytes(arr(b)?);
+            let default_time = i64::from_le_bytes(arr(b)?);
             let part = u16::from_le_bytes(arr(b)?);
             let parts = u16::from_le_bytes(arr(b)?);
             let nchunks = u16::from_le_bytes(arr(b)?) as usize;
@@ -179,6 +184,7 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
             WalRecord::Request {
                 key,
                 body_hash,
+                default_time,
                 part,
                 parts,
                 runs,
@@ -234,12 +240,13 @@ mod tests {
             vec![],
         ];
         let mut out = Vec::new();
-        encode_request(&mut out, "db\0k", 42, 1, 3, &runs);
+        encode_request(&mut out, "db\0k", 42, -7, 1, 3, &runs);
         assert_eq!(
             decode(&out).unwrap(),
             WalRecord::Request {
                 key: "db\0k",
                 body_hash: 42,
+                default_time: -7,
                 part: 1,
                 parts: 3,
                 runs

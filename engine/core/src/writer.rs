@@ -316,6 +316,7 @@ impl Writer {
                 &mut self.buf,
                 &tag.key,
                 tag.body_hash,
+                tag.default_time_ns,
                 tag.part,
                 tag.parts,
                 &out,
@@ -360,6 +361,12 @@ impl Writer {
                 .get_mut(&chunk.table.name)
                 .expect("just inserted");
             let blk = st.open.as_mut().expect("opened above");
+            if blk.rows() >= block_rows {
+                // A block restored from the WAL under a larger --block-rows: seal it as it is.
+                let table = st.table.clone();
+                self.seal(&table)?;
+                continue;
+            }
             let mut take = (n - off).min(block_rows - blk.rows());
             // Keep each WAL frame well under the WAL's frame bound, however wide the rows.
             let start = chunk.offsets[off] as usize;

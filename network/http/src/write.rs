@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals_engine::{PrepareOptions, ReceiptForm, WriteError};
@@ -78,8 +80,8 @@ fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)
 
 /// Inflates a gzip body, refusing to grow past `max` bytes.
 fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, (u16, Option<Value>)> {
-    let mut out = Vec::with_capacity(body.len() * 4);
-    let mut d = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    let mut out = Vec::with_capacity((body.len() * 4).min(max + 1));
+    let mut d = flate2::read::MultiGzDecoder::new(body).take(max as u64 + 1);
     d.read_to_end(&mut out).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -145,36 +147,62 @@ async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes)
     let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
     let full_key = format!("{db}\0{key}");
     let cell = s.idem.cell(&full_key);
-    let result = cell
-        .get_or_try_init(|| async {
-            // After a restart the WAL may hold this request's parts: answer those, write the rest.
-            let recovered = s.engine.take_recovered(&full_key);
-            if recovered.as_ref().is_some_and(|r| r.body_hash != body_hash) {
-                return Err(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Idempotency-Key was used with a different request body",
-                    None,
-                ));
-            }
-            let keyed = Keyed {
-                key: &full_key,
-                body_hash,
-                done: recovered.map(|r| r.parts).unwrap_or_default(),
-            };
-            let (code, body) = write_once(&s, api, &db, &q, &h, &body, Some(keyed)).await;
-            // Only a write that happened is remembered; a refused one may be retried.
-            if (200..300).contains(&code) {
-                Ok::<Answer, (u16, Option<Value>)>((code, body, body_hash))
-            } else {
-                Err((code, body))
-            }
+    // The write runs in its own task: a client that disconnects mid-write must not leave its
+    // key unanswered while the rows commit anyway; its retry then finds the answer.
+    let ran = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (s, ran) = (s.clone(), ran.clone());
+        tokio::spawn(async move {
+            cell.get_or_try_init(|| async {
+                ran.store(true, Ordering::Relaxed);
+                // After a restart the WAL may hold this request's parts: answer those, write the rest.
+                let recovered = s.engine.recovered_request(&full_key);
+                if recovered.as_ref().is_some_and(|r| r.body_hash != body_hash) {
+                    return Err(error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Idempotency-Key was used with a different request body",
+                        None,
+                    ));
+                }
+                let keyed = Keyed {
+                    key: &full_key,
+                    body_hash,
+                    default_time_ns: recovered.as_ref().map(|r| r.default_time_ns),
+                    done: recovered.map(|r| r.parts).unwrap_or_default(),
+                };
+                let (code, answer) = write_once(&s, api, &db, &q, &h, &body, Some(keyed)).await;
+                // Only a write that happened is remembered; a refused one may be retried.
+                if (200..300).contains(&code) {
+                    s.engine.forget_recovered(&full_key);
+                    Ok::<Answer, (u16, Option<Value>)>((code, answer, body_hash))
+                } else {
+                    Err((code, answer))
+                }
+            })
+            .await
+            .cloned()
         })
-        .await;
+    };
+    let result = match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            return respond(
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("write task failed: {e}"),
+                    None,
+                ),
+                &[],
+            )
+        }
+    };
+    let replayed = if ran.load(Ordering::Relaxed) {
+        vec![]
+    } else {
+        vec![("idempotent-replayed", "true".to_owned())]
+    };
     match result {
-        Ok((code, body, hash)) if *hash == body_hash => respond(
-            (*code, body.clone()),
-            &[("idempotent-replayed", "true".to_owned())],
-        ),
+        Ok((code, body, hash)) if hash == body_hash => respond((code, body), &replayed),
         Ok(_) => respond(
             error(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -191,6 +219,8 @@ async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes)
 struct Keyed<'k> {
     key: &'k str,
     body_hash: u64,
+    /// The original request's time for lines without one (known after a restart).
+    default_time_ns: Option<i64>,
     done: Vec<Option<Vec<Vec<annals_engine::Run>>>>,
 }
 
@@ -249,7 +279,10 @@ async fn write_once(
     let opts = PrepareOptions {
         parse: ParseOptions {
             precision,
-            default_time_ns: s.engine.clock().now_ns(),
+            default_time_ns: keyed
+                .as_ref()
+                .and_then(|k| k.default_time_ns)
+                .unwrap_or_else(|| s.engine.clock().now_ns()),
             ..ParseOptions::default()
         },
         accept_partial: bool_param(q, "accept_partial"),
@@ -263,8 +296,12 @@ async fn write_once(
     // Wait for queue space, bounded.
     let deadline = started + s.cfg.write_wait_max;
     let mut backoff = Duration::from_micros(500);
+    let default_time_ns = opts.parse.default_time_ns;
     let (key, done) = match &keyed {
-        Some(k) => (Some((k.key, k.body_hash)), k.done.as_slice()),
+        Some(k) => (
+            Some((k.key, k.body_hash, default_time_ns)),
+            k.done.as_slice(),
+        ),
         None => (None, &[][..]),
     };
     if !done.is_empty() && done.len() != prepared.parts.len() {

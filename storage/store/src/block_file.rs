@@ -163,7 +163,7 @@ fn writer_properties(block_rows_max: usize) -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
         ))
-        .set_max_row_group_row_count(Some(block_rows_max.max(1)))
+        .set_max_row_group_row_count(Some(block_rows_max.max(1 << 20)))
         .set_statistics_enabled(EnabledStatistics::Page)
         .build()
 }
@@ -178,6 +178,13 @@ impl BlockFileWriter {
     ) -> Result<Self, BlockFileError> {
         let tmp_path = dir.join(format!("{stem}{TMP_SUFFIX}"));
         let final_path = dir.join(format!("{stem}{FILE_SUFFIX}"));
+        if final_path.exists() {
+            // Finished files are never replaced: this would mean a height is being reused.
+            return Err(BlockFileError::Corrupt {
+                path: final_path,
+                reason: "a finished block file with this name already exists".into(),
+            });
+        }
         let file = File::create(&tmp_path).map_err(|source| BlockFileError::Io {
             path: tmp_path.clone(),
             source,
