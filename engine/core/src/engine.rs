@@ -238,6 +238,8 @@ impl Engine {
         // Block files: finished ones are checked against the branch logs; unfinished ones are
         // rebuilt from the WAL.
         let mut persisted: HashSet<(BranchId, u64)> = HashSet::new();
+        // Branches with a damaged file: their missing blocks are reported, not fatal.
+        let mut damaged_branches: HashSet<BranchId> = HashSet::new();
         for bdir in read_dir_sorted(&dir.join("blocks"))? {
             let name = bdir
                 .file_name()
@@ -291,6 +293,7 @@ impl Engine {
                     Err(msg) => {
                         // Quarantined, never overwritten: its blocks are rebuilt from the WAL
                         // into a new file if the WAL still has them, else reported as lost.
+                        damaged_branches.insert(branch);
                         let aside = file.with_extension("parquet.damaged");
                         std::fs::rename(&file, &aside).map_err(|e| EngineError::io(&file, e))?;
                         annals_storage::fsutil::fsync_dir(&bdir)
@@ -415,7 +418,7 @@ impl Engine {
                 for h in 0..log_size {
                     if !persisted.contains(&(branch, h))
                         && !blocks.contains_key(&h)
-                        && report.damaged.is_empty()
+                        && !damaged_branches.contains(&branch)
                     {
                         return Err(EngineError::Corrupt(format!(
                             "block {h} of branch {} ({table}) is in its branch log but in no block file and not in the WAL",
