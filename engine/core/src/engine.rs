@@ -326,6 +326,10 @@ impl Engine {
             key,
             clock,
             heads: Mutex::new(heads),
+            failure: Mutex::new(None),
+            sealer_stopped: (0..cfg.shards)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         });
         let checkpoints = Arc::new(Mutex::new(checkpoints));
         let mut threads = Vec::new();
@@ -532,6 +536,12 @@ impl Engine {
             recovered: Mutex::new(recovered),
             _lock: lock,
         })
+    }
+
+    /// The failure that stopped a shard, if any: writes to it fail until the node restarts
+    /// (acknowledged rows stay in the WAL and are recovered then).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
     }
 
     /// The node's public key.

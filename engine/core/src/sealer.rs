@@ -143,6 +143,10 @@ impl Sealer {
                         // Stop: the writer sees the closed channel and refuses further writes;
                         // every acknowledged row stays in the WAL for the next start.
                         error!(shard = self.shard, error = %e, "sealing failed; shard stops");
+                        self.shared
+                            .fail(format!("shard {}: sealing failed: {e}", self.shard));
+                        self.shared.sealer_stopped[self.shard]
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                         return;
                     }
                 }

@@ -42,9 +42,18 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Branch heads after their log was synced; the checkpointer commits to these.
     pub heads: Mutex<BTreeMap<BranchId, BranchHead>>,
+    /// The first failure that stopped a shard's sealer or writer, for `/health` and callers.
+    pub failure: Mutex<Option<String>>,
+    /// Per shard: its sealer has stopped (the writer then refuses writes).
+    pub sealer_stopped: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
+    /// Records a failure that stops a shard (the first one is kept).
+    pub fn fail(&self, what: String) {
+        self.failure.lock().get_or_insert(what);
+    }
+
     pub fn public_key(&self) -> [u8; 32] {
         self.key.verifying_key().to_bytes()
     }

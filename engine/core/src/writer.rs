@@ -182,6 +182,12 @@ impl Writer {
         }
     }
 
+    /// Refuses every later write of this shard and reports why (first cause kept).
+    fn poison(&mut self, why: String) {
+        self.shared.fail(format!("shard {}: {why}", self.shard));
+        self.poisoned.get_or_insert(why);
+    }
+
     fn open_rows(&self) -> usize {
         self.branches
             .values()
@@ -264,7 +270,7 @@ impl Writer {
             let started = Instant::now();
             if let Err(e) = self.wal.sync() {
                 error!(shard = self.shard, error = %e, "WAL sync failed; shard refuses further writes");
-                self.poisoned = Some(e.to_string());
+                self.poison(e.to_string());
             }
             metrics::histogram!("annals_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         }
@@ -285,17 +291,26 @@ impl Writer {
             self.pending.clear();
             return;
         }
-        for job in self.pending.drain(..) {
+        let mut stopped = false;
+        for job in std::mem::take(&mut self.pending) {
             // Bounded channel: a slow sealer slows this writer, which fills its queue, which
             // makes new requests wait and then get 503. That is the back-pressure chain.
             if self.sealer.send(SealMsg::Seal(Box::new(job))).is_err() {
-                self.poisoned = Some("sealer thread stopped".into());
+                stopped = true;
                 break;
             }
+        }
+        if stopped {
+            self.poison("sealer thread stopped".into());
         }
     }
 
     fn apply(&mut self, part: ShardPart) -> PartResult {
+        if self.poisoned.is_none()
+            && self.shared.sealer_stopped[self.shard].load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.poison("sealer thread stopped".into());
+        }
         if let Some(p) = &self.poisoned {
             return Err(EngineError::Poisoned(p.clone()));
         }
@@ -304,7 +319,7 @@ impl Writer {
             match self.apply_chunk(chunk) {
                 Ok(runs) => out.push(runs),
                 Err(e) => {
-                    self.poisoned = Some(e.to_string());
+                    self.poison(e.to_string());
                     return Err(e);
                 }
             }
@@ -323,7 +338,7 @@ impl Writer {
             );
             if let Err(e) = self.wal.append(&self.buf) {
                 let e = EngineError::storage(e);
-                self.poisoned = Some(e.to_string());
+                self.poison(e.to_string());
                 return Err(e);
             }
         }
@@ -460,7 +475,7 @@ impl Writer {
             .collect();
         for t in tables {
             if let Err(e) = self.seal(&t) {
-                self.poisoned = Some(e.to_string());
+                self.poison(e.to_string());
                 return;
             }
         }
@@ -490,7 +505,7 @@ impl Writer {
                 break;
             };
             if let Err(e) = self.seal(&t) {
-                self.poisoned = Some(e.to_string());
+                self.poison(e.to_string());
             }
         }
     }

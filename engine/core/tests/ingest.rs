@@ -955,3 +955,44 @@ fn rows_wider_than_a_wal_frame_are_split_not_refused() {
     assert_eq!(ledger.len(), 80);
     assert!(ledger.values().all(|r| r.encoding.len() > 15 * 60_000));
 }
+
+/// A sealer that cannot write its block file stops its shard loudly: the failure is reported
+/// (for `/health`), later writes to the shard are refused, and nothing acknowledged is lost
+/// (the rows stay in the WAL and are recovered once the cause is removed).
+#[test]
+fn a_failed_sealer_is_reported_and_refuses_writes_without_losing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let point = |i: i64| {
+        Point::new("m")
+            .tag("host", "a")
+            .field("v", Val::I64(i))
+            .at(i)
+    };
+    let engine = open(config(dir.path(), 1, 4));
+    write(&engine, &[point(1)]);
+    engine.flush();
+    assert!(engine.failure().is_none());
+    // Sabotage: the branch's block directory becomes a file.
+    let (branch, _) = branch_dirs(dir.path()).into_iter().next().unwrap();
+    let blocks = dir.path().join("blocks").join(to_hex(&branch));
+    std::fs::remove_dir_all(&blocks).unwrap();
+    std::fs::write(&blocks, b"not a directory").unwrap();
+    // Four more rows fill a block; acknowledged (durable in the WAL), then sealing fails.
+    write(&engine, &[point(2), point(3), point(4), point(5)]);
+    engine.flush();
+    let failure = engine.failure().expect("the sealer failure is reported");
+    assert!(failure.contains("shard 0"), "{failure}");
+    assert!(
+        write_with(&engine, &body(&[point(6)]), false).is_err(),
+        "the stopped shard refuses writes"
+    );
+    engine.shutdown();
+    drop(engine);
+    // Cause removed: the next start rebuilds the block from the WAL; every acknowledged row is there.
+    std::fs::remove_file(&blocks).unwrap();
+    std::fs::create_dir(&blocks).unwrap();
+    let engine = open(config(dir.path(), 1, 4));
+    engine.shutdown();
+    drop(engine);
+    assert_eq!(ledger(dir.path()).len(), 5);
+}

@@ -102,15 +102,18 @@ async fn ping() -> impl IntoResponse {
 async fn health(State(s): State<AppState>) -> Response {
     let r = s.engine.recovery();
     let cp = s.engine.latest_checkpoint();
+    let failure = s.engine.failure();
+    let ok = r.damaged.is_empty() && failure.is_none();
     let body = json!({
-        "status": if r.damaged.is_empty() { "pass" } else { "fail" },
+        "status": if ok { "pass" } else { "fail" },
         "version": env!("CARGO_PKG_VERSION"),
         "node_key": hex::encode(s.engine.public_key()),
         "damaged_block_files": r.damaged,
+        "failure": failure,
         "checkpoint_epoch": cp.as_ref().map(|c| c.header.epoch),
         "queue_depths": s.engine.queue_depths(),
     });
-    let code = if r.damaged.is_empty() {
+    let code = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -132,7 +135,14 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 async fn flush(State(s): State<AppState>) -> Response {
     let engine = s.engine.clone();
     match tokio::task::spawn_blocking(move || engine.flush()).await {
-        Ok(epoch) => Json(json!({ "checkpoint_epoch": epoch })).into_response(),
+        Ok(epoch) => match s.engine.failure() {
+            None => Json(json!({ "checkpoint_epoch": epoch })).into_response(),
+            Some(f) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": f, "checkpoint_epoch": epoch })),
+            )
+                .into_response(),
+        },
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "error": e.to_string() })),
