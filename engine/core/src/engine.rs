@@ -11,7 +11,7 @@ use annals_format::row::{decode_row, Kind};
 use annals_storage::block_file::{BlockFileReader, FILE_SUFFIX, TMP_SUFFIX};
 use annals_storage::branch_log::BranchLog;
 use annals_storage::checkpoint_log::{CheckpointLog, CheckpointRecord};
-use annals_storage::wal::{self, Wal, WalConfig};
+use annals_storage::wal::{Wal, WalConfig};
 use crossbeam_channel::Sender;
 use futures_channel::oneshot;
 use parking_lot::Mutex;
@@ -343,7 +343,13 @@ impl Engine {
             // Replay the WAL into per-branch, per-height blocks.
             let mut rec: HashMap<BranchId, BTreeMap<u64, RecBlock>> = HashMap::new();
             let mut tables: HashMap<BranchId, String> = HashMap::new();
-            let stats = wal::replay(&wal_dir, |segment, payload| -> Result<(), String> {
+            // One pass over the WAL: replay its records, then open it for appending.
+            let wal_cfg = WalConfig {
+                segment_bytes_max: cfg.wal_segment_bytes,
+                no_sync: cfg.unsafe_no_sync,
+                ..WalConfig::default()
+            };
+            let (wal, stats) = Wal::open_with(&wal_dir, wal_cfg, |segment, payload| -> Result<(), String> {
                 match walrec::decode(payload)? {
                     WalRecord::Rows { branch, height, first_index, rows } => {
                         if persisted.contains(&(branch, height)) {
@@ -392,16 +398,6 @@ impl Engine {
             .map_err(EngineError::storage)?;
             report.wal_frames += stats.frames;
             report.wal_bytes_cut += stats.torn_bytes_cut;
-
-            let wal = Wal::open(
-                &wal_dir,
-                WalConfig {
-                    segment_bytes_max: cfg.wal_segment_bytes,
-                    no_sync: cfg.unsafe_no_sync,
-                    ..WalConfig::default()
-                },
-            )
-            .map_err(EngineError::storage)?;
 
             // Rebuild writer state and the seal jobs recovery owes.
             let mut branches: HashMap<String, BranchState> = HashMap::new();
@@ -832,8 +828,9 @@ fn rebuild_chunk(
     table: &str,
     rows: &[Vec<u8>],
 ) -> Result<(crate::prepare::Chunk, ChunkOrigin), EngineError> {
-    let mut cols: Vec<(String, Kind)> = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut decoded = Vec::with_capacity(rows.len());
+    let mut cols: Vec<(&str, Kind)> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     for r in rows {
         let row = decode_row(r).map_err(|e| EngineError::Corrupt(format!("WAL row: {e}")))?;
         if row.table != table {
@@ -843,16 +840,15 @@ fn rebuild_chunk(
             )));
         }
         for c in &row.columns {
-            if seen.insert(c.name.to_owned()) {
-                cols.push((c.name.to_owned(), c.value.kind()));
+            if seen.insert(c.name) {
+                cols.push((c.name, c.value.kind()));
             }
         }
+        decoded.push(row);
     }
-    let col_refs: Vec<(&str, Kind)> = cols.iter().map(|(n, k)| (n.as_str(), *k)).collect();
-    let schema = catalog.ensure(table, &col_refs)?;
+    let schema = catalog.ensure(table, &cols)?;
     let mut b = ChunkBuilder::new(schema, rows.len());
-    for r in rows {
-        let row = decode_row(r).expect("decoded above");
+    for (row, r) in decoded.iter().zip(rows) {
         b.push(0, row.time, &row.columns);
         debug_assert_eq!(leaf_hash(r), *b.last_leaf_hash());
     }
