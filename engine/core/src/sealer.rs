@@ -147,6 +147,7 @@ impl Sealer {
                             .fail(format!("shard {}: sealing failed: {e}", self.shard));
                         self.shared.sealer_stopped[self.shard]
                             .store(true, std::sync::atomic::Ordering::SeqCst);
+                        self.drain_stopped();
                         return;
                     }
                 }
@@ -163,6 +164,17 @@ impl Sealer {
             let age = self.shared.cfg.file_age;
             let now = Instant::now();
             self.finish_where(|f| now.duration_since(f.opened) >= age);
+        }
+    }
+
+    /// After a failure: answer every flush (nothing more will be sealed) and drop seal jobs
+    /// until the writer hangs up. Returning at once would leave a flush that is already queued
+    /// unanswered while its writer, which still holds the channel open, waits for the reply.
+    fn drain_stopped(&mut self) {
+        for msg in self.rx.iter() {
+            if let SealMsg::Flush { reply } = msg {
+                let _ = reply.send(());
+            }
         }
     }
 
