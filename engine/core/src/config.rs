@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub queue_depth: usize,
     /// Rows held in a shard's open blocks before the largest is sealed early.
     pub memtable_rows: usize,
+    /// Rows the last-value cache keeps per series.
+    pub last_values_count: usize,
     /// WAL segment size before rotation.
     pub wal_segment_bytes: u64,
     /// Skip fsync: acknowledged writes may be lost on power failure (benchmarks only).
@@ -48,6 +50,7 @@ impl EngineConfig {
             file_age: Duration::from_secs(60),
             queue_depth: 64,
             memtable_rows: 1_000_000,
+            last_values_count: crate::last_values::DEFAULT_COUNT,
             wal_segment_bytes: 128 << 20,
             unsafe_no_sync: false,
         }
@@ -86,6 +89,12 @@ impl EngineConfig {
             return Err(format!(
                 "memtable rows ({}) must be at least block rows ({})",
                 self.memtable_rows, self.block_rows
+            ));
+        }
+        if !(1..=1000).contains(&self.last_values_count) {
+            return Err(format!(
+                "last-values count ({}) must be between 1 and 1000",
+                self.last_values_count
             ));
         }
         if self.wal_segment_bytes < (1 << 20) {

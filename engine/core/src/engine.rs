@@ -29,6 +29,7 @@ use crate::sealer::{SealJob, SealMsg, Sealer};
 use crate::shared::{BranchHead, Shared};
 use crate::slots::{acquire_all, Slots};
 use crate::walrec::{self, WalRecord};
+use crate::view::{BlockFile, MemBlock, Views};
 use crate::writer::{BlockRows, BranchState, OpenBlock, PartResult, Writer, WriterMsg};
 
 /// Blocks waiting for a sealer before its writer waits too.
@@ -238,6 +239,7 @@ impl Engine {
         // Block files: finished ones are checked against the branch logs; unfinished ones are
         // rebuilt from the WAL.
         let mut persisted: HashSet<(BranchId, u64)> = HashSet::new();
+        let views = Views::new(cfg.shards);
         // Branches with a damaged file: their missing blocks are reported, not fatal.
         let mut damaged_branches: HashSet<BranchId> = HashSet::new();
         for bdir in read_dir_sorted(&dir.join("blocks"))? {
@@ -284,11 +286,26 @@ impl Engine {
                         Err(msg) => return Err(EngineError::Corrupt(msg)),
                     }
                 }
-                let log = logs.iter().find_map(|m| m.get(&branch));
+                let shard_of_log = logs.iter().position(|m| m.contains_key(&branch));
+                let log = shard_of_log.and_then(|s| logs[s].get(&branch));
                 match check_block_file(&file, &branch, log) {
-                    Ok(heights) => {
+                    Ok((heights, reader)) => {
                         report.block_files += 1;
-                        persisted.extend(heights.into_iter().map(|h| (branch, h)));
+                        persisted.extend(heights.iter().map(|&h| (branch, h)));
+                        let table = reader
+                            .blocks()
+                            .first()
+                            .and_then(|b| annals_format::block::BlockHeader::decode(&b.header).ok())
+                            .map(|h| h.table)
+                            .unwrap_or_default();
+                        let info = BlockFile::from_reader(
+                            &reader,
+                            branch,
+                            table,
+                            shard_of_log.expect("a checked file has a branch log"),
+                        )
+                        .map_err(|e| EngineError::Corrupt(format!("{}: {e}", file.display())))?;
+                        views.add_file(Arc::new(info));
                     }
                     Err(msg) => {
                         // Quarantined, never overwritten: its blocks are rebuilt from the WAL
@@ -320,6 +337,7 @@ impl Engine {
         }
         let checkpoints =
             CheckpointLog::open(&dir.join("checkpoints.log")).map_err(EngineError::storage)?;
+        let catalog_tables: Vec<String> = catalog.tables().iter().map(|t| t.name.clone()).collect();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             catalog,
@@ -330,6 +348,12 @@ impl Engine {
             sealer_stopped: (0..cfg.shards)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
+            views,
+            last: crate::last_values::LastValues::new(
+                cfg.shards,
+                cfg.last_values_count,
+                catalog_tables,
+            ),
         });
         let checkpoints = Arc::new(Mutex::new(checkpoints));
         let mut threads = Vec::new();
@@ -433,6 +457,10 @@ impl Engine {
                     next_height = next_height.max(height + 1);
                     *segment_refs.entry(b.first_segment).or_default() += 1;
                     let (chunk, origin) = rebuild_chunk(&shared.catalog, &table, &b.rows)?;
+                    let mem = Arc::new(MemBlock::new(branch, table.clone(), shard, height));
+                    mem.push(chunk.batch.clone());
+                    mem.publish();
+                    shared.views.add_mem(mem.clone());
                     let mut rows = BlockRows::default();
                     rows.push(chunk.batch, &origin.leaf_hashes, &chunk.times);
                     match b.seal {
@@ -451,7 +479,7 @@ impl Engine {
                         }
                         None if Some(height) == last => {
                             report.open_rows_restored += b.rows.len();
-                            let mut o = OpenBlock::new(height, b.first_segment);
+                            let mut o = OpenBlock::new(height, b.first_segment, mem);
                             o.rows = rows;
                             open = Some(o);
                         }
@@ -564,6 +592,27 @@ impl Engine {
         self.checkpoints.lock().latest().cloned()
     }
     /// Requests waiting or being written, per shard.
+    /// What readers see now: every finished block file and every block in memory, with
+    /// every acknowledged row visible.
+    pub fn snapshot(&self) -> crate::view::Snapshot {
+        self.shared.views.snapshot()
+    }
+
+    /// The last-value cache (see [`crate::last_values`]).
+    pub fn last_values(&self) -> &crate::last_values::LastValues {
+        &self.shared.last
+    }
+
+    /// The checkpoint of `epoch`, if there is one.
+    pub fn checkpoint(&self, epoch: u64) -> Option<CheckpointRecord> {
+        self.checkpoints.lock().get(epoch).cloned()
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Vec<CheckpointRecord> {
+        self.checkpoints.lock().iter().cloned().collect()
+    }
+
     pub fn queue_depths(&self) -> Vec<usize> {
         self.shards.iter().map(|s| s.slots.in_use()).collect()
     }
@@ -789,7 +838,7 @@ fn check_block_file(
     path: &Path,
     branch: &BranchId,
     log: Option<&BranchLog>,
-) -> Result<Vec<u64>, String> {
+) -> Result<(Vec<u64>, BlockFileReader), String> {
     let reader = BlockFileReader::open(path).map_err(|e| e.to_string())?;
     let log = log.ok_or_else(|| format!("no branch log for branch {}", to_hex(branch)))?;
     let mut heights = Vec::with_capacity(reader.blocks().len());
@@ -819,7 +868,7 @@ fn check_block_file(
         }
         heights.push(h.height);
     }
-    Ok(heights)
+    Ok((heights, reader))
 }
 
 /// Rebuilds an Arrow chunk from canonical row encodings (recovery).

@@ -27,12 +27,14 @@ pub mod engine;
 pub mod error;
 pub mod jsonld;
 pub mod keys;
+pub mod last_values;
 pub mod prepare;
 pub mod receipt;
 pub mod sealer;
 pub mod shared;
 pub mod slots;
 mod sync;
+pub mod view;
 pub mod walrec;
 pub mod writer;
 

@@ -49,6 +49,8 @@ pub struct Chunk {
     pub offsets: Vec<u32>,
     pub leaf_hashes: Vec<Hash>,
     pub times: Vec<i64>,
+    /// The newest row of each series in the chunk, for the last-value cache.
+    pub newest: crate::last_values::Newest,
 }
 
 impl Chunk {
@@ -101,7 +103,7 @@ pub struct Prepared {
 }
 
 /// What a write asks for beyond the body.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PrepareOptions {
     pub parse: ParseOptions,
     /// Write the valid lines and report the others, instead of refusing the whole request.
@@ -174,6 +176,8 @@ pub struct ChunkBuilder {
     leaf_hashes: Vec<Hash>,
     times: Vec<i64>,
     lines: Vec<u32>,
+    /// Series hash → (time, row) of its newest row so far.
+    newest: std::collections::HashMap<u64, (i64, u32)>,
 }
 
 impl std::fmt::Debug for ChunkBuilder {
@@ -203,6 +207,7 @@ impl ChunkBuilder {
             leaf_hashes: Vec::with_capacity(cap),
             times: Vec::with_capacity(cap),
             lines: Vec::with_capacity(cap),
+            newest: std::collections::HashMap::new(),
         }
     }
 
@@ -230,11 +235,11 @@ impl ChunkBuilder {
                     .0,
             )
         });
-        self.push_encoded(line, time, before, indexed);
+        self.push_encoded(line, time, before, indexed, None);
     }
 
     /// Adds a parsed line whose [`Shape`] (canonical order and schema positions) is known.
-    fn push_shaped(&mut self, line: &Line<'_>, shape: &Shape) {
+    fn push_shaped(&mut self, line: &Line<'_>, shape: &Shape, series: u64) {
         let before = self.enc.len();
         let sorted = || shape.perm.iter().map(|&p| input_column(line, p));
         encode_row_presorted(
@@ -249,6 +254,7 @@ impl ChunkBuilder {
             line.time_ns,
             before,
             sorted().zip(shape.idx.iter().copied()),
+            Some(series),
         );
     }
 
@@ -260,8 +266,16 @@ impl ChunkBuilder {
         time: i64,
         before: usize,
         cols: impl Iterator<Item = (ColumnRef<'c>, usize)>,
+        series: Option<u64>,
     ) {
         let stamp = self.times.len() as u32 + 1;
+        if let Some(s) = series {
+            let row = self.times.len() as u32;
+            let e = self.newest.entry(s).or_insert((time, row));
+            if time >= e.0 {
+                *e = (time, row);
+            }
+        }
         self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
         self.offsets.push(self.enc.len() as u32);
         self.times.push(time);
@@ -302,17 +316,28 @@ impl ChunkBuilder {
             offsets: self.offsets,
             leaf_hashes: self.leaf_hashes,
             times: self.times,
+            newest: self
+                .newest
+                .into_iter()
+                .map(|(s, (t, r))| (s, t, r))
+                .collect(),
         };
         (chunk, origin)
     }
 }
 
-/// The shard of a series: xxh3 of the table and its sorted tags.
+/// The shard of a series: its [`series_hash`] modulo the shard count.
 pub fn shard_of<'c>(
     table: &str,
     sorted_cols: impl IntoIterator<Item = ColumnRef<'c>>,
     shards: usize,
 ) -> usize {
+    (series_hash(table, sorted_cols) % shards as u64) as usize
+}
+
+/// Identifies a series: xxh3 of the table and its tags in canonical (sorted) order; other
+/// columns are ignored.
+pub fn series_hash<'c>(table: &str, sorted_cols: impl IntoIterator<Item = ColumnRef<'c>>) -> u64 {
     let mut h = Xxh3::new();
     h.update(table.as_bytes());
     for c in sorted_cols {
@@ -323,7 +348,7 @@ pub fn shard_of<'c>(
             h.update(v.as_bytes());
         }
     }
-    (h.digest() % shards as u64) as usize
+    h.digest()
 }
 
 fn value_of<'b>(v: &'b FieldValue<'_>) -> ValueRef<'b> {
@@ -434,18 +459,18 @@ impl Chunks {
     }
 
     fn push(&mut self, schema: &Arc<TableSchema>, ti: usize, line: &Line<'_>, shape: &Shape) {
-        let shard = shard_of(
+        let series = series_hash(
             &schema.name,
             shape.perm.iter().map(|&p| input_column(line, p)),
-            self.shards,
         );
+        let shard = (series % self.shards as u64) as usize;
         let slot = ti * self.shards + shard;
         if slot >= self.builders.len() {
             self.builders.resize_with(slot + 1, || None);
         }
         self.builders[slot]
             .get_or_insert_with(|| ChunkBuilder::new(schema.clone(), self.cap))
-            .push_shaped(line, shape);
+            .push_shaped(line, shape, series);
     }
 
     /// Per-shard parts (ascending shard), each with its chunks in table order.

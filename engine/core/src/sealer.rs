@@ -26,6 +26,7 @@ use tracing::{debug, error, info};
 use crate::catalog::TableSchema;
 use crate::error::EngineError;
 use crate::shared::{BranchHead, Shared};
+use crate::view::BlockFile;
 use crate::writer::BlockRows;
 
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(500);
@@ -314,6 +315,17 @@ impl Sealer {
         if let Some(f) = self.files.remove(branch) {
             let (path, blocks) = f.writer.finish().map_err(EngineError::storage)?;
             info!(shard = self.shard, path = %path.display(), blocks = blocks.len(), "block file finished");
+            // Readers switch from the in-memory blocks to the file in one step.
+            let reader = annals_storage::block_file::BlockFileReader::open(&path)
+                .map_err(EngineError::storage)?;
+            let table = blocks
+                .first()
+                .and_then(|b| BlockHeader::decode(&b.header).ok())
+                .map(|h| h.table)
+                .unwrap_or_default();
+            let info = BlockFile::from_reader(&reader, *branch, table, self.shard)
+                .map_err(|e| EngineError::Corrupt(format!("{}: {e}", path.display())))?;
+            self.shared.views.add_file(std::sync::Arc::new(info));
             metrics::counter!("annals_block_files_total").increment(1);
             let _ = self.persisted.send(f.first_segments);
         }

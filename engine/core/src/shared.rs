@@ -46,6 +46,10 @@ pub struct Shared {
     pub failure: Mutex<Option<String>>,
     /// Per shard: its sealer has stopped (the writer then refuses writes).
     pub sealer_stopped: Vec<std::sync::atomic::AtomicBool>,
+    /// What readers see of each shard.
+    pub views: crate::view::Views,
+    /// The newest rows of every series.
+    pub last: crate::last_values::LastValues,
 }
 
 impl Shared {

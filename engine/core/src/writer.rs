@@ -25,6 +25,7 @@ use crate::receipt::Run;
 use crate::sealer::{SealJob, SealMsg};
 use crate::shared::{branch_id, Shared};
 use crate::slots::Slots;
+use crate::view::MemBlock;
 use crate::walrec;
 
 /// Most requests one group commit covers.
@@ -102,15 +103,18 @@ pub struct OpenBlock {
     pub opened: Instant,
     /// The first WAL segment holding its rows.
     pub first_segment: u64,
+    /// The same rows as readers see them.
+    pub mem: Arc<MemBlock>,
 }
 
 impl OpenBlock {
-    pub fn new(height: u64, first_segment: u64) -> Self {
+    pub fn new(height: u64, first_segment: u64, mem: Arc<MemBlock>) -> Self {
         Self {
             height,
             rows: BlockRows::default(),
             opened: Instant::now(),
             first_segment,
+            mem,
         }
     }
     pub fn rows(&self) -> usize {
@@ -143,6 +147,10 @@ pub struct Writer {
     pub segment_refs: BTreeMap<u64, usize>,
     pub pending: Vec<SealJob>,
     pub poisoned: Option<String>,
+    /// Blocks given rows this turn; made visible once the turn's fsync succeeded.
+    unpublished: Vec<Arc<MemBlock>>,
+    /// Chunks of this turn with their newest row per series, for the last-value cache.
+    newest: Vec<(String, RecordBatch, crate::last_values::Newest)>,
     buf: Vec<u8>,
 }
 
@@ -178,6 +186,8 @@ impl Writer {
             segment_refs: BTreeMap::new(),
             pending: Vec::new(),
             poisoned: None,
+            unpublished: Vec::new(),
+            newest: Vec::new(),
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -274,6 +284,23 @@ impl Writer {
             }
             metrics::histogram!("annals_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         }
+        // Visible before acknowledged: the client's next query sees its rows. Rows of a
+        // poisoned turn are not durable and stay invisible (recovery brings them back).
+        if self.poisoned.is_none() {
+            for m in self.unpublished.drain(..) {
+                m.publish();
+            }
+            for (table, batch, newest) in self.newest.drain(..) {
+                if let Some(t) = self.shared.catalog.table(&table) {
+                    self.shared
+                        .last
+                        .update(self.shard, &table, &t.arrow, &batch, &newest);
+                }
+            }
+        } else {
+            self.unpublished.clear();
+            self.newest.clear();
+        }
         // Slots first: a client that sends its next request as soon as it hears back must find
         // its own slot free again.
         for _ in 0..acks.len() {
@@ -364,10 +391,19 @@ impl Writer {
         let mut runs = Vec::new();
         let mut off = 0;
         let segment = self.wal.current_segment();
+        let shard = self.shard;
+        let shared = self.shared.clone();
         while off < n {
             let st = self.branch_for(&chunk.table);
             if st.open.is_none() {
-                st.open = Some(OpenBlock::new(st.next_height, segment));
+                let mem = Arc::new(MemBlock::new(
+                    st.branch,
+                    st.table.clone(),
+                    shard,
+                    st.next_height,
+                ));
+                shared.views.add_mem(mem.clone());
+                st.open = Some(OpenBlock::new(st.next_height, segment, mem));
                 st.next_height += 1;
                 *self.segment_refs.entry(segment).or_default() += 1;
             }
@@ -399,8 +435,13 @@ impl Writer {
                 (off..off + take).map(|i| chunk.encoding(i)),
             );
             self.wal.append(&self.buf).map_err(EngineError::storage)?;
+            let rows_batch = chunk.batch.slice(off, take);
+            blk.mem.push(rows_batch.clone());
+            if self.unpublished.last().is_none_or(|m| !Arc::ptr_eq(m, &blk.mem)) {
+                self.unpublished.push(blk.mem.clone());
+            }
             blk.rows.push(
-                chunk.batch.slice(off, take),
+                rows_batch,
                 &chunk.leaf_hashes[off..off + take],
                 &chunk.times[off..off + take],
             );
@@ -417,6 +458,10 @@ impl Writer {
             }
         }
         metrics::counter!("annals_rows_written_total").increment(n as u64);
+        if !chunk.newest.is_empty() {
+            self.newest
+                .push((chunk.table.name.clone(), chunk.batch, chunk.newest));
+        }
         Ok(runs)
     }
 

@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,9 @@ pub struct BlockEntry {
     pub signature: Vec<u8>,
     /// Row group holding the block's rows.
     pub row_group: u32,
+    /// Which tag values the block holds (absent: unknown, every block may hold any value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<crate::tag_filter::TagFilter>,
 }
 
 mod hex_bytes {
@@ -263,6 +266,7 @@ impl BlockFileWriter {
             header: header.encode(),
             signature: signature.to_vec(),
             row_group,
+            tags: crate::tag_filter::TagFilter::of_batch(batch),
         });
         self.rows += batch.num_rows() as u64;
         Ok(row_group)
@@ -316,6 +320,8 @@ pub struct BlockFileReader {
     blocks: Vec<BlockEntry>,
     schema: SchemaRef,
     row_groups: usize,
+    metadata: Arc<ParquetMetaData>,
+    bytes: u64,
 }
 
 impl BlockFileReader {
@@ -386,11 +392,15 @@ impl BlockFileReader {
             }
         }
         let schema = builder.schema().clone();
+        let metadata = builder.metadata().clone();
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             path: path.to_owned(),
             blocks,
             schema,
             row_groups,
+            metadata,
+            bytes,
         })
     }
 
@@ -405,6 +415,14 @@ impl BlockFileReader {
     }
     pub fn row_groups(&self) -> usize {
         self.row_groups
+    }
+    /// The parsed Parquet footer.
+    pub fn metadata(&self) -> &Arc<ParquetMetaData> {
+        &self.metadata
+    }
+    /// File size when opened.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Reads the rows of one row group as one batch.

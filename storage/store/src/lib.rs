@@ -19,4 +19,5 @@ pub mod block_file;
 pub mod branch_log;
 pub mod checkpoint_log;
 pub mod fsutil;
+pub mod tag_filter;
 pub mod wal;

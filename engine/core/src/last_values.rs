@@ -1,0 +1,225 @@
+//! The last-value cache: the newest rows of every series, kept at ingest.
+//!
+//! Each shard owns the series routed to it, so each shard has its own cache behind its own
+//! lock: the writer updates it once per chunk (after the turn's fsync, with the chunk's newest
+//! row per series worked out on the connection task) and queries read it. An entry points at a
+//! row of an ingested chunk; to keep old chunks from being pinned by a few quiet series, a
+//! table's entries are copied into one compact batch once as many rows have been ingested as
+//! the cache holds (so the copying costs at most one row per row ingested).
+//!
+//! After a restart the cache starts cold; the first reader seeds it from the stored rows
+//! ([`LastValues::seed`]) and marks the table warm.
+
+use std::collections::HashMap;
+use arrow::array::{new_null_array, ArrayRef};
+use arrow::compute::interleave_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
+
+/// Rows kept per series by default.
+pub const DEFAULT_COUNT: usize = 1;
+/// Rows ingested into a table before its cache is compacted, at least.
+const COMPACT_ROWS_MIN: usize = 16_384;
+
+/// One cached row.
+#[derive(Debug, Clone)]
+struct Entry {
+    time: i64,
+    batch: usize,
+    row: u32,
+}
+
+/// A table's cache in one shard.
+#[derive(Debug)]
+struct TableCache {
+    /// Batches entries point into, by id.
+    batches: HashMap<usize, RecordBatch>,
+    next_batch: usize,
+    /// Per series: up to `count` newest rows, newest first.
+    series: HashMap<u64, Vec<Entry>>,
+    rows_since_compact: usize,
+    compact_after: usize,
+}
+
+impl Default for TableCache {
+    fn default() -> Self {
+        Self {
+            batches: HashMap::new(),
+            next_batch: 0,
+            series: HashMap::new(),
+            rows_since_compact: 0,
+            compact_after: COMPACT_ROWS_MIN,
+        }
+    }
+}
+
+impl TableCache {
+    fn add_batch(&mut self, batch: RecordBatch) -> usize {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.batches.insert(id, batch);
+        id
+    }
+
+    /// `seeded`: the row comes from storage and may already be cached from ingest.
+    fn offer(&mut self, count: usize, series: u64, e: Entry, seeded: bool) {
+        let v = self.series.entry(series).or_default();
+        if seeded && v.iter().any(|x| x.time == e.time) {
+            return;
+        }
+        // Newest first; a later row with the same time wins (it came later in the ledger).
+        let pos = v.iter().position(|x| e.time >= x.time).unwrap_or(v.len());
+        if pos < count {
+            v.insert(pos, e);
+            v.truncate(count);
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.series.values().map(|v| v.len()).sum()
+    }
+
+    /// Copies every entry's row into one batch and drops the batches no longer needed.
+    fn compact(&mut self, schema: &SchemaRef) {
+        let mut ids: Vec<usize> = self.batches.keys().copied().collect();
+        ids.sort_unstable();
+        let widened: Vec<RecordBatch> = ids
+            .iter()
+            .map(|id| widen(&self.batches[id], schema))
+            .collect();
+        let pos: HashMap<usize, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut picks = Vec::with_capacity(self.entries());
+        for v in self.series.values() {
+            for e in v {
+                picks.push((pos[&e.batch], e.row as usize));
+            }
+        }
+        let refs: Vec<&RecordBatch> = widened.iter().collect();
+        let Ok(compact) = interleave_record_batch(&refs, &picks) else {
+            return;
+        };
+        self.batches.clear();
+        let id = self.add_batch(compact);
+        let mut i = 0u32;
+        for v in self.series.values_mut() {
+            for e in v.iter_mut() {
+                e.batch = id;
+                e.row = i;
+                i += 1;
+            }
+        }
+        self.rows_since_compact = 0;
+    }
+}
+
+/// Widens a batch of an older schema of the table (fewer columns) to `schema`.
+pub fn widen(batch: &RecordBatch, schema: &SchemaRef) -> RecordBatch {
+    if batch.schema() == *schema {
+        return batch.clone();
+    }
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(schema.clone(), cols).expect("an older schema is a prefix of the table's")
+}
+
+/// The caches of every shard.
+#[derive(Debug)]
+pub struct LastValues {
+    count: usize,
+    shards: Vec<Mutex<HashMap<String, TableCache>>>,
+    /// Tables that had rows before this start and have not been seeded yet.
+    cold: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A chunk's newest row per series: (series hash, time, row).
+pub type Newest = Vec<(u64, i64, u32)>;
+
+impl LastValues {
+    /// `existing`: tables that already have rows (the cache must be seeded before use).
+    pub fn new(shards: usize, count: usize, existing: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            count: count.max(1),
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            cold: Mutex::new(existing.into_iter().collect()),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Offers a durable chunk's newest row per series.
+    pub fn update(&self, shard: usize, table: &str, schema: &SchemaRef, batch: &RecordBatch, newest: &Newest) {
+        if newest.is_empty() {
+            return;
+        }
+        let mut caches = self.shards[shard].lock();
+        let c = caches.entry(table.to_string()).or_default();
+        let id = c.add_batch(batch.clone());
+        for &(s, time, row) in newest {
+            c.offer(self.count, s, Entry { time, batch: id, row }, false);
+        }
+        c.rows_since_compact += batch.num_rows();
+        // Amortized: a compaction copies `entries` rows after at least as many were ingested.
+        if c.rows_since_compact >= c.compact_after && c.batches.len() > 1 {
+            c.compact(schema);
+            c.compact_after = c.entries().max(COMPACT_ROWS_MIN);
+        }
+    }
+
+    /// Whether the cache of `table` holds everything (seeded since start).
+    pub fn is_warm(&self, table: &str) -> bool {
+        !self.cold.lock().contains(table)
+    }
+
+    /// Adds rows read from storage (newest rows per series, with their series hashes and
+    /// shards) and marks the table warm. Rows already superseded by newer cached ones are
+    /// ignored.
+    pub fn seed(&self, table: &str, batch: &RecordBatch, rows: &[(usize, u64, i64)]) {
+        let mut by_shard: HashMap<usize, Vec<(u64, i64, u32)>> = HashMap::new();
+        for (i, &(shard, s, t)) in rows.iter().enumerate() {
+            by_shard.entry(shard).or_default().push((s, t, i as u32));
+        }
+        for (shard, newest) in by_shard {
+            let mut caches = self.shards[shard].lock();
+            let c = caches.entry(table.to_string()).or_default();
+            let id = c.add_batch(batch.clone());
+            for (s, time, row) in newest {
+                c.offer(self.count, s, Entry { time, batch: id, row }, true);
+            }
+        }
+        self.cold.lock().remove(table);
+    }
+
+    /// Every cached row of `table`, widened to `schema`, newest first per series.
+    pub fn rows(&self, table: &str, schema: &SchemaRef) -> RecordBatch {
+        let mut parts = Vec::new();
+        for shard in &self.shards {
+            let caches = shard.lock();
+            let Some(c) = caches.get(table) else { continue };
+            let mut ids: Vec<usize> = c.batches.keys().copied().collect();
+            ids.sort_unstable();
+            let widened: Vec<RecordBatch> =
+                ids.iter().map(|id| widen(&c.batches[id], schema)).collect();
+            let pos: HashMap<usize, usize> =
+                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            let picks: Vec<(usize, usize)> = c
+                .series
+                .values()
+                .flat_map(|v| v.iter().map(|e| (pos[&e.batch], e.row as usize)))
+                .collect();
+            let refs: Vec<&RecordBatch> = widened.iter().collect();
+            if let Ok(b) = interleave_record_batch(&refs, &picks) {
+                parts.push(b);
+            }
+        }
+        arrow::compute::concat_batches(schema, &parts).unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()))
+    }
+}

@@ -1,0 +1,28 @@
+//! annals SQL over the ledger, on DataFusion.
+//!
+//! - Every measurement is a table (`time`, its tags as dictionary strings, its fields) in the
+//!   schema of its database; `ledger('m')` adds the ledger columns `_tx_id`, `_branch`,
+//!   `_height` and `_index`.
+//! - A scan reads sealed blocks (Parquet row groups) and blocks still in memory, so a row is
+//!   visible as soon as it is acknowledged. Blocks are pruned before any row is read by their
+//!   time range (block headers) and, for tag equality and `IN`, by each block's tag filter.
+//! - `system.tables`, `system.blocks`, `system.branches`, `system.checkpoints` and
+//!   `system.queries` describe the ledger.
+//! - `SET annals.as_of_epoch = N` pins a session to checkpoint `N`: blocks committed after it
+//!   are invisible, and so are rows not yet in any block.
+//! - `last_values('m')` answers "latest row per series" from a cache kept at ingest.
+//!
+//! Layering: this crate reads the engine's snapshot API and the storage crate's block files; it
+//! never writes.
+
+pub mod error;
+pub mod last_values;
+pub mod options;
+pub mod registry;
+pub mod scan;
+pub mod service;
+pub mod system;
+pub mod table;
+
+pub use error::QueryError;
+pub use service::{QueryConfig, QueryOutput, QueryRequest, QueryService};
