@@ -1,6 +1,7 @@
 //! # annals-http: the HTTP API of a node
 //!
 //! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
+//! the SQL endpoint `/api/v3/query_sql` (see [`query`] for its formats and status codes),
 //! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
 //! (so connections parse in parallel), queues it on the engine and answers once every row is
 //! durable: 204, or 200 with a receipt when asked.
@@ -14,12 +15,14 @@
 //! `Retry-After`) or shutting down; 500 a storage failure.
 
 mod idempotency;
+pub mod query;
 mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use annals_engine::Engine;
+use annals_query::QueryService;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -42,6 +45,8 @@ pub struct HttpConfig {
     pub write_wait_max: Duration,
     /// Remembered `Idempotency-Key`s.
     pub idempotency_keys_max: usize,
+    /// Largest `format=pretty` query result (it is built in memory); larger ones are refused.
+    pub query_pretty_bytes_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +55,7 @@ impl Default for HttpConfig {
             max_body_bytes: BODY_BYTES_MAX_DEFAULT,
             write_wait_max: Duration::from_secs(5),
             idempotency_keys_max: 100_000,
+            query_pretty_bytes_max: query::QUERY_PRETTY_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -60,13 +66,21 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub cfg: HttpConfig,
     pub metrics: Option<PrometheusHandle>,
+    /// Runs SQL; `None`: `/api/v3/query_sql` answers 503.
+    pub query: Option<Arc<QueryService>>,
     pub(crate) idem: Arc<idempotency::Keys>,
 }
 
-/// Builds the router.
-pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHandle>) -> Router {
+/// Builds the router; without a query service the SQL endpoint answers 503.
+pub fn router(
+    engine: Arc<Engine>,
+    query: Option<Arc<QueryService>>,
+    cfg: HttpConfig,
+    metrics: Option<PrometheusHandle>,
+) -> Router {
     let state = AppState {
         engine,
+        query,
         idem: Arc::new(idempotency::Keys::new(cfg.idempotency_keys_max)),
         cfg: cfg.clone(),
         metrics,
@@ -79,6 +93,10 @@ pub fn router(engine: Arc<Engine>, cfg: HttpConfig, metrics: Option<PrometheusHa
         .route("/ping", get(ping).head(ping))
         .route("/metrics", get(metrics_text))
         .route("/api/v3/flush", post(flush))
+        .route(
+            "/api/v3/query_sql",
+            get(query::query_get).post(query::query_post),
+        )
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.
