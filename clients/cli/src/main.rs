@@ -1,11 +1,16 @@
 //! The `annals` command.
 //!
 //! `annals serve` runs a node with working defaults (data in `./annals-data`, HTTP on
-//! 127.0.0.1:8181); `annals audit` re-checks a data directory from its bytes.
+//! 127.0.0.1:8181); `annals audit` re-checks a data directory from its bytes; `annals query`
+//! and `annals shell` run SQL on a running node over its HTTP API.
 
 mod audit;
+mod client;
 mod duration;
+mod query;
 mod serve;
+mod shell;
+mod size;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +41,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one SQL query on a running node and print the result.
+    Query(query::QueryArgs),
+    /// Interactive SQL shell on a running node.
+    Shell(shell::ShellArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Audit { data_dir, json } => audit::run(&data_dir, json),
+        Command::Query(args) => query::run(args),
+        Command::Shell(args) => shell::run(args),
     }
 }

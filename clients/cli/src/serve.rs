@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use annals_engine::{Engine, EngineConfig, SystemClock};
 use annals_http::HttpConfig;
+use annals_query::{QueryConfig, QueryService};
 use clap::Args;
 use tracing::{error, info};
 
-use crate::duration;
+use crate::{duration, size};
 
 /// Flags of `annals serve`; each has an `ANNALS_*` environment variable.
 #[derive(Debug, Args)]
@@ -19,7 +20,7 @@ pub(crate) struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long, env = "ANNALS_DATA_DIR", default_value = "annals-data")]
     data_dir: PathBuf,
-    /// HTTP listen address (write API, health, metrics).
+    /// HTTP listen address (write API, SQL, health, metrics).
     #[arg(long, env = "ANNALS_HTTP_ADDR", default_value = "127.0.0.1:8181")]
     http_addr: SocketAddr,
     /// Ingest shards (fixed when the data directory is created).
@@ -52,6 +53,15 @@ pub(crate) struct ServeArgs {
     /// How long a write waits for queue space before 503.
     #[arg(long, env = "ANNALS_WRITE_WAIT", default_value = "5s", value_parser = duration::parse)]
     write_wait: Duration,
+    /// A SQL query running longer is cancelled (HTTP 504).
+    #[arg(long, env = "ANNALS_QUERY_TIMEOUT", default_value = "300s", value_parser = duration::parse)]
+    query_timeout: Duration,
+    /// Memory all running SQL queries may hold together, e.g. 2GiB, 512MiB (HTTP 503 beyond).
+    #[arg(long, env = "ANNALS_QUERY_MEMORY", default_value = "2GiB", value_parser = size::parse)]
+    query_memory: usize,
+    /// Largest `format=pretty` result, built in memory (e.g. 16MiB; larger ones are refused).
+    #[arg(long, env = "ANNALS_QUERY_PRETTY_MAX", default_value = "16MiB", value_parser = size::parse)]
+    query_pretty_max: usize,
     /// Do not fsync: acknowledged writes can be lost on power failure. Benchmarks only.
     #[arg(long, env = "ANNALS_UNSAFE_NO_SYNC")]
     unsafe_no_sync: bool,
@@ -121,9 +131,26 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.query_timeout.is_zero() {
+        eprintln!("annals serve: --query-timeout must be more than 0");
+        return ExitCode::from(2);
+    }
+    let query_cfg = QueryConfig {
+        memory_bytes: args.query_memory,
+        timeout: args.query_timeout,
+        ..QueryConfig::default()
+    };
+    let query = match QueryService::new(engine.clone(), query_cfg) {
+        Ok(q) => Arc::new(q),
+        Err(e) => {
+            eprintln!("annals serve: cannot start the SQL engine: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let http_cfg = HttpConfig {
         max_body_bytes: args.max_body_bytes,
         write_wait_max: args.write_wait,
+        query_pretty_bytes_max: args.query_pretty_max,
         ..HttpConfig::default()
     };
     let result = rt.block_on(async {
@@ -134,7 +161,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         // One line on stdout that scripts can wait for.
         println!("annals listening on http://{addr} (data dir {})", args.data_dir.display());
         info!(%addr, data_dir = %args.data_dir.display(), node_key = %hex::encode(engine.public_key()), "annals serving");
-        let app = annals_http::router(engine.clone(), http_cfg, metrics);
+        let app = annals_http::router(engine.clone(), Some(query), http_cfg, metrics);
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
     });
     info!("shutting down: sealing open blocks and finishing block files");
