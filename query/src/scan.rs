@@ -35,9 +35,15 @@ const READ_AHEAD: usize = 2;
 /// One block to read.
 #[derive(Debug, Clone)]
 pub enum Unit {
-    File { file: Arc<BlockFile>, block: usize },
+    File {
+        file: Arc<BlockFile>,
+        block: usize,
+    },
     /// A block in memory, with the chunks visible when the query was planned.
-    Mem { block: Arc<MemBlock>, chunks: Vec<RecordBatch> },
+    Mem {
+        block: Arc<MemBlock>,
+        chunks: Vec<RecordBatch>,
+    },
 }
 
 impl Unit {
@@ -251,10 +257,9 @@ impl ExecutionPlan for LedgerScanExec {
                 }
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (b, rx))
-        })
-        .boxed();
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+                .boxed();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.shared.schema.clone(),
             stream,
@@ -372,11 +377,8 @@ fn read_unit(
                         index += n;
                     }
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(read_error(
-                            file,
-                            b.header.height,
-                            e.to_string(),
-                        )));
+                        let _ =
+                            tx.blocking_send(Err(read_error(file, b.header.height, e.to_string())));
                         return false;
                     }
                 }

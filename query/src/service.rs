@@ -12,7 +12,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -20,8 +22,6 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
-use datafusion::common::ScalarValue;
 use datafusion::sql::parser::DFParser;
 use futures::Stream;
 use std::future::Future;
@@ -164,9 +164,7 @@ impl QueryService {
         db: &str,
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
-        let guard = self
-            .registry
-            .start(db, sql, self.engine.clock().now_ns());
+        let guard = self.registry.start(db, sql, self.engine.clock().now_ns());
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let planned = tokio::time::timeout_at(deadline, plan_and_start(ctx, sql)).await;
         let stream = match planned {
@@ -378,7 +376,9 @@ pub(crate) fn table_arg(
 ) -> Result<Arc<annals_engine::catalog::TableSchema>> {
     let name = match args.first() {
         Some(Expr::Literal(ScalarValue::Utf8(Some(s)), _)) => s.clone(),
-        _ => return plan_err!("{func}() takes the table name as a string, e.g. {func}('readings')"),
+        _ => {
+            return plan_err!("{func}() takes the table name as a string, e.g. {func}('readings')")
+        }
     };
     let full = match name.split_once('.') {
         Some((db, m)) => format!("{db}/{m}"),

@@ -21,9 +21,9 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 
-use annals_storage::tag_filter::TagFilter;
 use crate::options::AnnalsOptions;
 use crate::scan::{LedgerScanExec, OutCol, ScanStats, Unit};
+use annals_storage::tag_filter::TagFilter;
 
 /// Ledger columns: present in `ledger('<table>')`, absent from the plain table.
 pub const TX_ID: &str = "_tx_id";
@@ -136,7 +136,6 @@ pub fn units_of(snapshot: &Snapshot, table: &str, vis: &Visibility) -> Vec<Unit>
 
 #[async_trait]
 impl TableProvider for LedgerTable {
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -179,15 +178,18 @@ impl TableProvider for LedgerTable {
         if let (Some(pred), false) = (conjunction(data_filters), units.is_empty()) {
             let df_schema = DFSchema::try_from(data_schema.as_ref().clone())?;
             let phys = state.create_physical_expr(pred, &df_schema)?;
-            if let Ok(pp) = PruningPredicateBuilder::new()
+            let built = PruningPredicateBuilder::new()
                 .with_file_schema(data_schema.clone())
-                .try_build(phys) {
-                if !pp.always_true() {
+                .try_build(phys);
+            match built {
+                Ok(pp) if !pp.always_true() => {
                     let stats = BlockStats::new(&units, &self.table);
                     let keep = pp.prune(&stats)?;
                     let mut k = keep.into_iter();
                     units.retain(|_| k.next().unwrap_or(true));
                 }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "no block pruning for these filters"),
             }
         }
 
@@ -257,7 +259,9 @@ impl<'a> BlockStats<'a> {
     }
 }
 
-pub(crate) fn mem_time_bounds(chunks: &[arrow::record_batch::RecordBatch]) -> (Option<i64>, Option<i64>) {
+pub(crate) fn mem_time_bounds(
+    chunks: &[arrow::record_batch::RecordBatch],
+) -> (Option<i64>, Option<i64>) {
     let mut lo: Option<i64> = None;
     let mut hi: Option<i64> = None;
     for c in chunks {
@@ -302,14 +306,16 @@ impl PruningStatistics for BlockStats<'_> {
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
         // Every row has a time.
-        is_time(column).then(|| {
-            Arc::new(UInt64Array::from(vec![0u64; self.units.len()])) as ArrayRef
-        })
+        is_time(column)
+            .then(|| Arc::new(UInt64Array::from(vec![0u64; self.units.len()])) as ArrayRef)
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
         Some(Arc::new(UInt64Array::from(
-            self.units.iter().map(|u| u.rows() as u64).collect::<Vec<_>>(),
+            self.units
+                .iter()
+                .map(|u| u.rows() as u64)
+                .collect::<Vec<_>>(),
         )))
     }
 

@@ -19,16 +19,24 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
 }
 
 async fn write(e: &Engine, body: &str) {
-    let p = e.prepare("db", body.as_bytes(), &PrepareOptions::default()).unwrap();
+    let p = e
+        .prepare("db", body.as_bytes(), &PrepareOptions::default())
+        .unwrap();
     e.submit(p).unwrap().wait().await.unwrap();
 }
 
 async fn q(s: &QueryService, sql: &str) -> String {
     let out = s
-        .sql(&QueryRequest { db: "db".into(), sql: sql.into(), as_of_epoch: None })
+        .sql(&QueryRequest {
+            db: "db".into(),
+            sql: sql.into(),
+            as_of_epoch: None,
+        })
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    pretty_format_batches(&out.collect().await.unwrap()).unwrap().to_string()
+    pretty_format_batches(&out.collect().await.unwrap())
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,20 +46,60 @@ async fn rows_are_visible_from_memory_and_files() {
     let s = QueryService::new(e.clone(), QueryConfig::default()).unwrap();
     let mut body = String::new();
     for i in 0..30 {
-        body.push_str(&format!("m,host=h{} v={i}i {}\n", i % 3, 1_000_000_000i64 * (i + 1)));
+        body.push_str(&format!(
+            "m,host=h{} v={i}i {}\n",
+            i % 3,
+            1_000_000_000i64 * (i + 1)
+        ));
     }
     write(&e, &body).await;
-    println!("{}", q(&s, "SELECT host, count(*), sum(v) FROM m GROUP BY host ORDER BY host").await);
-    println!("{}", q(&s, "SELECT count(*) FROM m WHERE time >= to_timestamp(10) AND time < to_timestamp(20)").await);
-    println!("{}", q(&s, "EXPLAIN ANALYZE SELECT count(*) FROM m WHERE time >= to_timestamp(10) AND time < to_timestamp(20)").await);
-    println!("{}", q(&s, "EXPLAIN SELECT v FROM m WHERE host = 'h1'").await);
-    println!("{}", q(&s, "SELECT * FROM ledger('m') ORDER BY time LIMIT 3").await);
-    println!("{}", q(&s, "SELECT table_name, branch, height, state, row_count FROM system.blocks ORDER BY branch, height").await);
+    let by_host = q(
+        &s,
+        "SELECT host, count(*) AS n, sum(v) AS s FROM m GROUP BY host ORDER BY host",
+    )
+    .await;
+    assert!(by_host.contains("| h0   | 10 | 135 |"), "{by_host}");
+    assert!(by_host.contains("| h2   | 10 | 155 |"), "{by_host}");
+    let ranged = q(
+        &s,
+        "SELECT count(*) AS n FROM m WHERE time >= to_timestamp(10) AND time < to_timestamp(20)",
+    )
+    .await;
+    assert!(ranged.contains("| 10 |"), "{ranged}");
+    let explain = q(&s, "EXPLAIN ANALYZE SELECT count(*) FROM m WHERE time >= to_timestamp(10) AND time < to_timestamp(20)").await;
+    assert!(explain.contains("blocks=5 of 8 (3 pruned)"), "{explain}");
+    let ledger = q(
+        &s,
+        "SELECT _height, _index, length(_tx_id) AS l FROM ledger('m') ORDER BY time LIMIT 1",
+    )
+    .await;
+    assert!(ledger.contains("| 0       | 0      | 64 |"), "{ledger}");
+    let blocks = q(
+        &s,
+        "SELECT count(*) AS n, sum(row_count) AS r FROM system.blocks",
+    )
+    .await;
+    assert!(blocks.contains("| 8 | 30 |"), "{blocks}");
     let cp = e.flush().unwrap();
     write(&e, "m,host=h9 v=1i 99000000000\n").await;
-    println!("{}", q(&s, &format!("SET annals.as_of_epoch = {cp}; SELECT count(*) FROM m")).await);
-    println!("{}", q(&s, "SELECT count(*) FROM m").await);
-    println!("{}", q(&s, "SELECT * FROM system.checkpoints").await);
-    println!("{}", q(&s, "SELECT id, state, query FROM system.queries").await);
+    let old = q(
+        &s,
+        &format!("SET annals.as_of_epoch = {cp}; SELECT count(*) AS n FROM m"),
+    )
+    .await;
+    assert!(old.contains("| 30 |"), "{old}");
+    let now = q(&s, "SELECT count(*) AS n FROM m").await;
+    assert!(now.contains("| 31 |"), "{now}");
+    let last = q(&s, "SELECT host, v FROM last_values('m') ORDER BY host").await;
+    assert!(
+        last.contains("| h0   | 27 |") && last.contains("| h9   | 1  |"),
+        "{last}"
+    );
+    let queries = q(
+        &s,
+        "SELECT count(*) AS n FROM system.queries WHERE state = 'done'",
+    )
+    .await;
+    assert!(queries.contains("| 8 |"), "{queries}");
     e.shutdown();
 }

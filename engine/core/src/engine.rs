@@ -28,8 +28,8 @@ use crate::receipt::{Run, WriteOutcome};
 use crate::sealer::{SealJob, SealMsg, Sealer};
 use crate::shared::{BranchHead, Shared};
 use crate::slots::{acquire_all, Slots};
-use crate::walrec::{self, WalRecord};
 use crate::view::{BlockFile, MemBlock, Views};
+use crate::walrec::{self, WalRecord};
 use crate::writer::{BlockRows, BranchState, OpenBlock, PartResult, Writer, WriterMsg};
 
 /// Blocks waiting for a sealer before its writer waits too.

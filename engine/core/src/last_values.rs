@@ -10,12 +10,12 @@
 //! After a restart the cache starts cold; the first reader seeds it from the stored rows
 //! ([`LastValues::seed`]) and marks the table warm.
 
-use std::collections::HashMap;
 use arrow::array::{new_null_array, ArrayRef};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 
 /// Rows kept per series by default.
 pub const DEFAULT_COUNT: usize = 1;
@@ -156,7 +156,14 @@ impl LastValues {
     }
 
     /// Offers a durable chunk's newest row per series.
-    pub fn update(&self, shard: usize, table: &str, schema: &SchemaRef, batch: &RecordBatch, newest: &Newest) {
+    pub fn update(
+        &self,
+        shard: usize,
+        table: &str,
+        schema: &SchemaRef,
+        batch: &RecordBatch,
+        newest: &Newest,
+    ) {
         if newest.is_empty() {
             return;
         }
@@ -164,7 +171,16 @@ impl LastValues {
         let c = caches.entry(table.to_string()).or_default();
         let id = c.add_batch(batch.clone());
         for &(s, time, row) in newest {
-            c.offer(self.count, s, Entry { time, batch: id, row }, false);
+            c.offer(
+                self.count,
+                s,
+                Entry {
+                    time,
+                    batch: id,
+                    row,
+                },
+                false,
+            );
         }
         c.rows_since_compact += batch.num_rows();
         // Amortized: a compaction copies `entries` rows after at least as many were ingested.
@@ -192,7 +208,16 @@ impl LastValues {
             let c = caches.entry(table.to_string()).or_default();
             let id = c.add_batch(batch.clone());
             for (s, time, row) in newest {
-                c.offer(self.count, s, Entry { time, batch: id, row }, true);
+                c.offer(
+                    self.count,
+                    s,
+                    Entry {
+                        time,
+                        batch: id,
+                        row,
+                    },
+                    true,
+                );
             }
         }
         self.cold.lock().remove(table);
@@ -220,6 +245,7 @@ impl LastValues {
                 parts.push(b);
             }
         }
-        arrow::compute::concat_batches(schema, &parts).unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()))
+        arrow::compute::concat_batches(schema, &parts)
+            .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()))
     }
 }

@@ -120,7 +120,9 @@ pub struct Views {
 impl Views {
     pub fn new(shards: usize) -> Self {
         Self {
-            shards: (0..shards).map(|_| Mutex::new(ShardView::default())).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(ShardView::default()))
+                .collect(),
         }
     }
 

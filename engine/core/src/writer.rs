@@ -437,7 +437,11 @@ impl Writer {
             self.wal.append(&self.buf).map_err(EngineError::storage)?;
             let rows_batch = chunk.batch.slice(off, take);
             blk.mem.push(rows_batch.clone());
-            if self.unpublished.last().is_none_or(|m| !Arc::ptr_eq(m, &blk.mem)) {
+            if self
+                .unpublished
+                .last()
+                .is_none_or(|m| !Arc::ptr_eq(m, &blk.mem))
+            {
                 self.unpublished.push(blk.mem.clone());
             }
             blk.rows.push(
