@@ -47,6 +47,9 @@ pub(crate) struct ServeArgs {
     /// Rows held in open blocks per shard before the largest is sealed early.
     #[arg(long, env = "ANNALS_MEMTABLE_ROWS", default_value_t = 1_000_000)]
     memtable_rows: usize,
+    /// Rows per series the last-value cache keeps (`last_values('table')` in SQL).
+    #[arg(long, env = "ANNALS_LAST_VALUES_COUNT", default_value_t = 1)]
+    last_values_count: usize,
     /// Largest request body in bytes (also after gzip decompression).
     #[arg(long, env = "ANNALS_MAX_BODY_BYTES", default_value_t = annals_http::BODY_BYTES_MAX_DEFAULT)]
     max_body_bytes: usize,
@@ -78,6 +81,7 @@ impl ServeArgs {
         c.file_age = self.file_age;
         c.queue_depth = self.queue_depth;
         c.memtable_rows = self.memtable_rows;
+        c.last_values_count = self.last_values_count;
         c.unsafe_no_sync = self.unsafe_no_sync;
         c
     }
