@@ -48,8 +48,6 @@
 //!
 //! - `ANNALS_SLT=substring`: run only the files whose name contains it.
 //!
-//! Files in `tests/slt_bugs/` reproduce known bugs; each is run by an `#[ignore]`d test below
-//! until the bug is fixed, then moves to `tests/slt/`.
 //! - `ANNALS_SLT_COMPLETE=1`: rewrite each file's expected results with what the engine returns
 //!   (review the diff before committing: this accepts whatever the engine says).
 
@@ -157,7 +155,7 @@ impl LedgerDb {
                 _ => {
                     return Err(SltError::Directive(format!(
                         "`-- lp {header}`: unknown `{arg}`"
-                    )))
+                    )));
                 }
             }
         }
@@ -468,29 +466,4 @@ fn run_files(files: &[PathBuf]) {
 #[test]
 fn sqllogictest_golden_files() {
     run_files(&slt_files("slt"));
-}
-
-fn known_bug(file: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/slt_bugs")
-        .join(file);
-    assert!(path.exists(), "{} is missing", path.display());
-    run_files(&[path]);
-}
-
-/// Run with `cargo test -p annals-query --test sqllogic -- --ignored`; remove the `ignore` when
-/// fixed.
-#[test]
-#[ignore = "bug: a block's tag filter holds every tag value of the request that filled it (the \
-            whole dictionary of the chunk), so `tag = 'v'` prunes no block of a multi-series \
-            request; see tests/slt_bugs/tag_filter_one_request.slt"]
-fn known_bug_tag_filter_one_request() {
-    known_bug("tag_filter_one_request.slt");
-}
-
-#[test]
-#[ignore = "bug: `RESET annals.as_of_epoch` fails (\"Could not find config namespace annals\") \
-            and no SET value unpins a session; see tests/slt_bugs/as_of_epoch_reset.slt"]
-fn known_bug_as_of_epoch_cannot_be_reset() {
-    known_bug("as_of_epoch_reset.slt");
 }

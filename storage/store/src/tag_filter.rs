@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{AsArray, DictionaryArray, StringArray};
+use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
 use arrow::datatypes::{DataType, Int32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -65,8 +65,19 @@ impl TagFilter {
             }
             let dict: &DictionaryArray<Int32Type> = col.as_dictionary();
             let values: &StringArray = dict.values().as_string();
-            // Values no key points at only add false positives.
-            for v in values.iter().flatten() {
+            // Only the values the block's rows use: a block sliced from a larger chunk shares
+            // the chunk's whole dictionary.
+            let mut used = vec![false; values.len()];
+            for k in dict.keys().iter().flatten() {
+                if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
+                    *u = true;
+                }
+            }
+            for (i, v) in values.iter().enumerate() {
+                let Some(v) = v else { continue };
+                if !used[i] {
+                    continue;
+                }
                 pairs.insert((field.name().as_str(), v));
                 if pairs.len() > DISTINCT_MAX {
                     return None;
@@ -117,6 +128,24 @@ mod tests {
         // The column is part of the key.
         let fp_col = names.iter().filter(|n| f.may_contain("fleet", n)).count();
         assert!(fp_col < 30, "{fp_col}");
+    }
+
+    #[test]
+    fn a_slice_lists_only_the_values_its_rows_use() {
+        use arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let dict: DictionaryArray<Int32Type> =
+            vec!["a", "a", "b", "b", "c", "c"].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "host",
+            dict.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(dict)]).unwrap();
+        let f = TagFilter::of_batch(&batch.slice(2, 2)).unwrap();
+        assert!(f.may_contain("host", "b"));
+        assert!(!f.may_contain("host", "a"));
+        assert!(!f.may_contain("host", "c"));
     }
 
     #[test]
