@@ -613,6 +613,19 @@ impl Engine {
         self.checkpoints.lock().iter().cloned().collect()
     }
 
+    /// At most `limit` checkpoints from epoch `from` on, oldest first.
+    pub fn checkpoints_from(&self, from: u64, limit: usize) -> Vec<CheckpointRecord> {
+        let log = self.checkpoints.lock();
+        let all = log.iter().as_slice();
+        let start = all.partition_point(|r| r.header.epoch < from);
+        all[start..].iter().take(limit).cloned().collect()
+    }
+
+    /// How many checkpoints have been written.
+    pub fn checkpoint_count(&self) -> u64 {
+        self.checkpoints.lock().len()
+    }
+
     pub fn queue_depths(&self) -> Vec<usize> {
         self.shards.iter().map(|s| s.slots.in_use()).collect()
     }

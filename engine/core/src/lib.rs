@@ -29,6 +29,7 @@ pub mod jsonld;
 pub mod keys;
 pub mod last_values;
 pub mod prepare;
+pub mod proof;
 pub mod receipt;
 pub mod sealer;
 pub mod shared;

@@ -290,6 +290,11 @@ impl Sealer {
                 .map_err(EngineError::storage)?;
             log.sync().map_err(EngineError::storage)?;
         }
+        // Before the head is published: a checkpoint covering this block implies that readers
+        // of the in-memory block can see its header (proofs, engine/core/src/proof.rs).
+        self.shared
+            .views
+            .mark_sealed(self.shard, &header, &signature);
         let head = BranchHead {
             table: job.table.name.clone(),
             shard: self.shard,

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use annals_format::block::{BlockHeader, BranchId};
 use arrow::datatypes::SchemaRef;
@@ -29,6 +29,10 @@ pub struct MemBlock {
     pub height: u64,
     chunks: RwLock<Vec<RecordBatch>>,
     visible: AtomicUsize,
+    /// Header and signature, once the sealer has appended the block to its branch log (until
+    /// then the block is open or waiting to be sealed). Proofs of rows whose block file is not
+    /// finished yet read them here.
+    sealed: OnceLock<(BlockHeader, [u8; 64])>,
 }
 
 impl MemBlock {
@@ -40,7 +44,13 @@ impl MemBlock {
             height,
             chunks: RwLock::new(Vec::new()),
             visible: AtomicUsize::new(0),
+            sealed: OnceLock::new(),
         }
+    }
+
+    /// The block's header and signature if it is sealed (its branch log holds it).
+    pub fn sealed(&self) -> Option<&(BlockHeader, [u8; 64])> {
+        self.sealed.get()
     }
 
     /// Appends a chunk; readers see it after the next [`MemBlock::publish`].
@@ -138,6 +148,15 @@ impl Views {
             .lock()
             .mem
             .insert((block.branch, block.height), block);
+    }
+
+    /// A block was appended to its branch log: readers of the in-memory block get its header
+    /// and signature. A block no longer in memory (its file already finished) needs nothing.
+    pub fn mark_sealed(&self, shard: usize, header: &BlockHeader, signature: &[u8; 64]) {
+        let v = self.shards[shard].lock();
+        if let Some(b) = v.mem.get(&(header.branch, header.height)) {
+            let _ = b.sealed.set((header.clone(), *signature));
+        }
     }
 
     /// A file finished: its blocks leave memory and appear in the file, in one step.
