@@ -10,7 +10,10 @@
 //!   `system.queries` describe the ledger.
 //! - `SET annals.as_of_epoch = N` pins a session to checkpoint `N`: blocks committed after it
 //!   are invisible, and so are rows not yet in any block.
-//! - `last_values('m')` answers "latest row per series" from a cache kept at ingest.
+//! - `ledger_proof(_branch, _height, _index)` returns a row's proof document (see [`proof`]).
+//! - `last_values('m')` answers "latest row per series" from a cache kept at ingest, and
+//!   `row_number() OVER (PARTITION BY .. ORDER BY time DESC) = 1` keeps a heap per series
+//!   instead of sorting the table (see [`topn`]).
 //!
 //! Layering: this crate reads the engine's snapshot API and the storage crate's block files; it
 //! never writes.
@@ -18,11 +21,13 @@
 pub mod error;
 pub mod last_values;
 pub mod options;
+pub mod proof;
 pub mod registry;
 pub mod scan;
 pub mod service;
 pub mod system;
 pub mod table;
+pub mod topn;
 
 pub use error::QueryError;
 pub use service::{QueryConfig, QueryOutput, QueryRequest, QueryService};

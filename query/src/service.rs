@@ -19,8 +19,10 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::Expr;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 use futures::Stream;
@@ -115,14 +117,29 @@ impl QueryService {
         } else {
             self.cfg.target_partitions
         };
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, db)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_target_partitions(partitions)
             .with_batch_size(self.cfg.batch_size)
             .with_option_extension(AnnalsOptions::default());
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        // "Newest row per series" (`row_number() ... = 1`) keeps a heap per series instead of
+        // sorting the table; see crate::topn.
+        config.options_mut().optimizer.enable_window_topn = true;
+        let mut rules = PhysicalOptimizer::new().rules;
+        let at = rules
+            .iter()
+            .position(|r| r.name() == crate::topn::WINDOW_TOPN)
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(crate::topn::RankFilterForTopN));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(
             CATALOG,
             Arc::new(LedgerCatalog {
@@ -138,6 +155,7 @@ impl QueryService {
             }),
         );
         crate::last_values::register(&ctx, &self.engine, db);
+        crate::proof::register(&ctx, &self.engine);
         ctx
     }
 
@@ -205,13 +223,54 @@ async fn plan_and_start(ctx: &SessionContext, sql: &str) -> Result<SendableRecor
     }
     let last = statements.pop_back().expect("not empty");
     for st in statements {
+        if unpins(ctx, &st) {
+            continue;
+        }
         let plan = ctx.state().statement_to_plan(st).await?;
         options.verify_plan(&plan)?;
         ctx.execute_logical_plan(plan).await?.collect().await?;
     }
+    if unpins(ctx, &last) {
+        return ctx
+            .sql("SELECT 1 WHERE false")
+            .await?
+            .execute_stream()
+            .await;
+    }
     let plan = ctx.state().statement_to_plan(last).await?;
     options.verify_plan(&plan)?;
     ctx.execute_logical_plan(plan).await?.execute_stream().await
+}
+
+/// `RESET annals.as_of_epoch` and `SET annals.as_of_epoch = NULL | DEFAULT | 'latest'` unpin a
+/// session (DataFusion's `SET` only takes values of the option's type and its `RESET` does
+/// not reach extension options). Returns whether `st` was one of those.
+fn unpins(ctx: &SessionContext, st: &datafusion::sql::parser::Statement) -> bool {
+    let text = st.to_string().to_ascii_lowercase();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '=' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let unpin = match words.as_slice() {
+        ["reset", "annals.as_of_epoch"] => true,
+        ["set", "annals.as_of_epoch", "to" | "", v] | ["set", "annals.as_of_epoch", v] => {
+            matches!(*v, "null" | "default" | "'latest'" | "latest")
+        }
+        _ => false,
+    };
+    if unpin {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        if let Some(o) = state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<AnnalsOptions>()
+        {
+            o.as_of_epoch = None;
+        }
+    }
+    unpin
 }
 
 /// A running query's result.
@@ -377,7 +436,7 @@ pub(crate) fn table_arg(
     let name = match args.first() {
         Some(Expr::Literal(ScalarValue::Utf8(Some(s)), _)) => s.clone(),
         _ => {
-            return plan_err!("{func}() takes the table name as a string, e.g. {func}('readings')")
+            return plan_err!("{func}() takes the table name as a string, e.g. {func}('readings')");
         }
     };
     let full = match name.split_once('.') {
