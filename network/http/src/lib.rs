@@ -2,6 +2,7 @@
 //!
 //! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
 //! the SQL endpoint `/api/v3/query_sql` (see [`query`] for its formats and status codes),
+//! the ledger API `/api/v3/ledger/...` (proofs, checkpoints, consistency; see [`ledger`]),
 //! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
 //! (so connections parse in parallel), queues it on the engine and answers once every row is
 //! durable: 204, or 200 with a receipt when asked.
@@ -15,6 +16,7 @@
 //! `Retry-After`) or shutting down; 500 a storage failure.
 
 mod idempotency;
+pub mod ledger;
 pub mod query;
 mod write;
 
@@ -97,6 +99,17 @@ pub fn router(
             "/api/v3/query_sql",
             get(query::query_get).post(query::query_post),
         )
+        .route("/api/v3/ledger/proof", get(ledger::proof))
+        .route("/api/v3/ledger/checkpoints", get(ledger::checkpoints))
+        .route(
+            "/api/v3/ledger/checkpoints/latest",
+            get(ledger::checkpoint_latest),
+        )
+        .route(
+            "/api/v3/ledger/checkpoints/{epoch}",
+            get(ledger::checkpoint_at),
+        )
+        .route("/api/v3/ledger/consistency", get(ledger::consistency))
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.
