@@ -48,7 +48,7 @@ struct Outcome {
 
 /// Where `annals` is: the path given, else `target/release/annals` from the current directory,
 /// else from this workspace.
-fn resolve_annals(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn resolve_annals(given: Option<&Path>) -> Result<PathBuf> {
     let build = "build it with `cargo build -p annals-cli --release` from the workspace root, \
                  pass --annals-bin PATH, or measure InfluxDB alone with --only influxdb";
     if let Some(path) = given {

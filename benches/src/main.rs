@@ -3,6 +3,7 @@
 
 mod compare;
 mod load;
+mod query;
 mod server;
 
 use std::io::Write as _;
@@ -39,6 +40,9 @@ enum Cmd {
     Load(LoadArgs),
     /// Start InfluxDB 1.x and annals, load the same batches into each, print a markdown table.
     CompareIngest(CompareArgs),
+    /// Load the workload into annals once, export it to Parquet, time the TSBS iot queries on
+    /// annals and on DuckDB (Python), print a markdown table.
+    CompareQuery(CompareQueryArgs),
 }
 
 /// Scale of the TSBS iot workload: `trucks × duration / 10 s × 2` lines before irregularities.
@@ -158,12 +162,42 @@ struct CompareArgs {
     keep_dirs: bool,
 }
 
+#[derive(Debug, Args)]
+struct CompareQueryArgs {
+    #[command(flatten)]
+    scale: Scale,
+    #[command(flatten)]
+    send: SendArgs,
+    /// Directory kept between runs: annals' data dir, the Parquet export, what was loaded.
+    #[arg(long)]
+    dir: PathBuf,
+    /// annals binary [default: target/release/annals]
+    #[arg(long)]
+    annals_bin: Option<PathBuf>,
+    /// Timed runs per query and side (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Python with the `duckdb` package.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Queries under `-- name:` headers [default: query/tests/tsbs_queries.sql].
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Time annals alone (no Parquet export, no DuckDB).
+    #[arg(long)]
+    annals_only: bool,
+    /// Extra flag passed to `annals serve` (repeat for several).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Gen(args) => gen(args),
         Cmd::Load(args) => runtime()?.block_on(interruptible(load(args))),
         Cmd::CompareIngest(args) => runtime()?.block_on(interruptible(compare(args))),
+        Cmd::CompareQuery(args) => runtime()?.block_on(interruptible(compare_query(args))),
     }
 }
 
@@ -264,6 +298,28 @@ async fn compare(args: CompareArgs) -> Result<()> {
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         keep_dirs: args.keep_dirs,
         timeout: Duration::from_secs(args.send.timeout_secs),
+    })
+    .await
+}
+
+async fn compare_query(args: CompareQueryArgs) -> Result<()> {
+    args.send.check()?;
+    let iot = args.scale.config()?;
+    let queries = args.queries.unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../query/tests/tsbs_queries.sql")
+    });
+    query::run(query::QueryOptions {
+        iot,
+        connections: args.send.connections,
+        batch_lines: args.send.batch_lines,
+        db: args.send.db,
+        annals_bin: args.annals_bin,
+        dir: args.dir,
+        runs: args.runs,
+        python: args.python,
+        queries,
+        annals_only: args.annals_only,
+        serve_args: args.serve_args,
     })
     .await
 }

@@ -320,6 +320,33 @@ pub(crate) fn start_annals(bin: &Path, work_dir: &Path) -> Result<Server> {
     })
 }
 
+/// Starts `annals serve` on a data directory that outlives the run (created if missing), with
+/// its log beside it in `<data_dir>.log`; `extra` flags are passed through.
+pub(crate) fn start_annals_at(bin: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let [port] = free_ports()?;
+    let log_path = data_dir.with_extension("log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(extra);
+    let child = spawn(cmd, &log_path, "annals")?;
+    let version = version_of(bin, &["--version"], "annals");
+    Ok(Server {
+        name: "annals".to_owned(),
+        version,
+        child: Some(child),
+        base_url: format!("http://127.0.0.1:{port}"),
+        root: None,
+        data_dir: data_dir.to_path_buf(),
+        log_path,
+    })
+}
+
 /// `CREATE DATABASE` through InfluxDB 1.x's `/query`.
 pub(crate) async fn influx_create_db(base_url: &str, db: &str) -> Result<()> {
     let url = format!("{base_url}/query?q=CREATE%20DATABASE%20%22{db}%22");

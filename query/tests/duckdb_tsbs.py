@@ -1,11 +1,15 @@
 """Runs the TSBS-iot queries on DuckDB over Parquet exports of annals' tables.
 
-Usage: python3 duckdb_tsbs.py DATA_DIR QUERIES_SQL
+Usage: python3 duckdb_tsbs.py DATA_DIR QUERIES_SQL [--time RUNS]
 
 DATA_DIR holds readings.parquet and diagnostics.parquet; QUERIES_SQL is tsbs_queries.sql
 (queries under `-- name: <id>` headers). Prints one JSON object on stdout:
 {"<id>": {"columns": [...], "rows": [[...], ...]}, ...}, with timestamps as
 {"ts_us": <microseconds since the epoch>} and decimals as floats. Called by duckdb_tsbs.rs.
+
+With --time RUNS, each query runs once to warm up and then RUNS times, and the output is
+{"<id>": {"ms": [<wall ms per run>], "first_ms": <warm-up ms>, "rows": <row count>}, ...}
+instead (used by `annals-bench compare-query`).
 """
 
 import datetime
@@ -13,6 +17,7 @@ import decimal
 import json
 import os
 import sys
+import time
 
 import duckdb
 
@@ -55,8 +60,29 @@ def encode(v):
     raise TypeError(f"cannot encode {type(v).__name__} {v!r}")
 
 
+def time_queries(con, queries, runs):
+    out = {}
+    for name, sql in queries:
+        ms, rows, first = [], 0, None
+        for run in range(runs + 1):
+            started = time.perf_counter()
+            rows = len(con.execute(sql).fetchall())
+            elapsed = (time.perf_counter() - started) * 1e3
+            if run == 0:
+                first = elapsed
+            else:
+                ms.append(elapsed)
+        out[name] = {"ms": ms, "first_ms": first, "rows": rows}
+    return out
+
+
 def main():
     data_dir, queries_path = sys.argv[1], sys.argv[2]
+    runs = None
+    if len(sys.argv) == 5 and sys.argv[3] == "--time":
+        runs = int(sys.argv[4])
+    elif len(sys.argv) != 3:
+        sys.exit("usage: duckdb_tsbs.py DATA_DIR QUERIES_SQL [--time RUNS]")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for table in ("readings", "diagnostics"):
@@ -69,6 +95,9 @@ def main():
     con.execute(
         "CREATE MACRO date_bin(stride, source, origin) AS time_bucket(stride, source, origin)"
     )
+    if runs is not None:
+        json.dump(time_queries(con, parse_queries(queries_path), runs), sys.stdout)
+        return
     out = {}
     for name, sql in parse_queries(queries_path):
         try:
