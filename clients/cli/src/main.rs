@@ -2,15 +2,19 @@
 //!
 //! `annals serve` runs a node with working defaults (data in `./annals-data`, HTTP on
 //! 127.0.0.1:8181); `annals audit` re-checks a data directory from its bytes; `annals query`
-//! and `annals shell` run SQL on a running node over its HTTP API.
+//! and `annals shell` run SQL on a running node over its HTTP API; `annals proof` fetches a row's
+//! proof from a running node and `annals verify` checks one offline with the independent
+//! verifier (`annals-verify`).
 
 mod audit;
 mod client;
 mod duration;
+mod proof;
 mod query;
 mod serve;
 mod shell;
 mod size;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +49,10 @@ enum Command {
     Query(query::QueryArgs),
     /// Interactive SQL shell on a running node.
     Shell(shell::ShellArgs),
+    /// Fetch a row's proof document from a running node (print it or save it with --output).
+    Proof(proof::ProofArgs),
+    /// Verify a proof document offline against trusted validator keys (independent verifier).
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,5 +62,7 @@ fn main() -> ExitCode {
         Command::Audit { data_dir, json } => audit::run(&data_dir, json),
         Command::Query(args) => query::run(args),
         Command::Shell(args) => shell::run(args),
+        Command::Proof(args) => proof::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
