@@ -18,14 +18,15 @@ pub(crate) fn run(data_dir: &Path, json: bool) -> ExitCode {
         );
     } else {
         println!(
-            "branches {}  blocks {} ({} checked in {} files, {} pending in WAL)  rows {}  checkpoints {}",
+            "branches {}  blocks {} ({} checked in {} files, {} pending in WAL)  rows {}  checkpoints {}  contexts {}",
             report.branches,
             report.blocks_in_logs,
             report.blocks_checked,
             report.block_files,
             report.blocks_pending,
             report.rows_checked,
-            report.checkpoints
+            report.checkpoints,
+            report.contexts_checked
         );
         for p in &report.problems {
             println!("PROBLEM {}: {}", p.location, p.message);

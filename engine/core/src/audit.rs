@@ -5,9 +5,11 @@
 //! file it re-encodes each row from the stored columns, recomputes `rows_root`, and checks the
 //! header against the branch log and the node's signature; for every branch log it checks the
 //! chain of `prev` hashes and signatures; for every checkpoint it checks the chain, the
-//! signature and that each branch entry is a state the branch log actually had.
+//! signature and that each branch entry is a state the branch log actually had. Every JSON-LD
+//! context a block header names must be in `contexts/` and every file there must hash to its
+//! name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use annals_format::block::{BlockHeader, BranchId};
@@ -44,6 +46,9 @@ pub struct AuditReport {
     /// Damaged block files the node moved aside at start (`*.parquet.damaged`).
     pub quarantined: Vec<String>,
     pub checkpoints: u64,
+    /// Distinct JSON-LD contexts named by block headers, each found in `contexts/` and
+    /// re-hashed.
+    pub contexts_checked: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -79,6 +84,8 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
 
     // Branch logs.
     let mut logs: HashMap<BranchId, BranchLog> = HashMap::new();
+    // Context hash -> (first block naming it, how many blocks name it).
+    let mut contexts: BTreeMap<Hash, (String, u64)> = BTreeMap::new();
     let bdir = data_dir.join("branches");
     for entry in sorted(&bdir)? {
         let name = entry
@@ -108,6 +115,14 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                                     format!("signature: {e}"),
                                 );
                             }
+                            if header.context != [0; 32] {
+                                contexts
+                                    .entry(header.context)
+                                    .or_insert_with(|| {
+                                        (format!("{}/blocks.log height {h}", entry.display()), 0)
+                                    })
+                                    .1 += 1;
+                            }
                         }
                         Err(e) => r.problem(
                             format!("{}/blocks.log height {h}", entry.display()),
@@ -125,6 +140,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
         }
     }
     r.branches = logs.len();
+    check_contexts(data_dir, &contexts, &mut r)?;
 
     // Block files: rows re-hashed to rows_root, headers equal to the logs'.
     let mut seen: HashSet<(BranchId, u64)> = HashSet::new();
@@ -343,6 +359,73 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
         }
     }
     Ok(r)
+}
+
+/// Every context a block names is in `contexts/`; every file there hashes to its name.
+fn check_contexts(
+    data_dir: &Path,
+    named: &BTreeMap<Hash, (String, u64)>,
+    r: &mut AuditReport,
+) -> Result<(), EngineError> {
+    let mut stored: HashMap<Hash, bool> = HashMap::new();
+    for file in sorted(&data_dir.join(crate::jsonld::CONTEXTS_DIR))? {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.starts_with('.') {
+            continue; // a temporary file of an interrupted write: never named by a block
+        }
+        let Some(hash) = crate::jsonld::hash_of_file_name(&name) else {
+            r.problem(
+                file.display().to_string(),
+                "not a context file (<64 lowercase hex>.jsonld)",
+            );
+            continue;
+        };
+        let ok = match std::fs::read(&file) {
+            Ok(bytes) if crate::jsonld::context_hash(&bytes) == hash => true,
+            Ok(bytes) => {
+                r.problem(
+                    file.display().to_string(),
+                    format!(
+                        "its bytes hash to {}, not to its name",
+                        to_hex(&crate::jsonld::context_hash(&bytes))
+                    ),
+                );
+                false
+            }
+            Err(e) => {
+                r.problem(file.display().to_string(), e.to_string());
+                false
+            }
+        };
+        stored.insert(hash, ok);
+    }
+    for (hash, (first, count)) in named {
+        let path = crate::jsonld::context_path(data_dir, hash);
+        match stored.get(hash) {
+            Some(true) => r.contexts_checked += 1,
+            Some(false) => r.problem(
+                first.clone(),
+                format!(
+                    "names JSON-LD context {} ({count} block(s) do), but {} does not hash to it",
+                    to_hex(hash),
+                    path.display()
+                ),
+            ),
+            None => r.problem(
+                first.clone(),
+                format!(
+                    "names JSON-LD context {} ({count} block(s) do), but {} is missing",
+                    to_hex(hash),
+                    path.display()
+                ),
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Rows per (branch, height) of every sealed block still in the WALs, read without changing them.

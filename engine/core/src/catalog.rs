@@ -4,12 +4,18 @@
 //! and never change kind: a write that names an existing column with another kind is refused
 //! and writes nothing. Reads are lock-free (`ArcSwap` of an immutable map); adding columns
 //! takes one mutex, persists `catalog.json` atomically, then publishes the new map.
+//!
+//! Each table has a JSON-LD context ([`crate::jsonld`]): the default one until a user sets
+//! another ([`Catalog::set_context`]). `catalog.json` names it by hash; its bytes are in
+//! `contexts/<hash>.jsonld`, written durably before the catalog names them. The writer reads
+//! the table's context hash when it seals a block, so a new context applies to every block
+//! sealed after it is published, including a block that was already open.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use annals_format::hash::Hash;
+use annals_format::hash::{to_hex, Hash};
 use annals_format::row::Kind;
 use arc_swap::ArcSwap;
 use arrow::datatypes::SchemaRef;
@@ -91,6 +97,13 @@ pub enum SchemaError {
     TooManyColumns { table: String, max: usize },
     #[error("more than {max} tables")]
     TooManyTables { max: usize },
+    #[error("JSON-LD context of table {table:?}: {source}")]
+    Context {
+        table: String,
+        source: jsonld::ContextError,
+    },
+    #[error("invalid table name {0:?}: use <db>/<measurement>, the database 1-64 characters of A-Z a-z 0-9 _ -, the measurement 1-256 bytes without control characters")]
+    TableName(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,22 +116,50 @@ struct CatalogFile {
 struct TableFile {
     name: String,
     columns: Vec<(String, String)>,
-    context: String,
+    /// Hex `H(context)`; the bytes are in `contexts/<hash>.jsonld`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context_hash: Option<String>,
+    /// The context itself, as catalogs written before `contexts/` held it; moved to
+    /// `contexts/` when the catalog is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
+}
+
+/// Longest measurement name (as the line-protocol parser allows).
+const MEASUREMENT_LEN_MAX: usize = 256;
+
+/// Checks a `<db>/<measurement>` name given through the API rather than by a write.
+fn validate_table_name(table: &str) -> Result<(), SchemaError> {
+    let bad = || SchemaError::TableName(table.to_owned());
+    let (db, m) = table.split_once('/').ok_or_else(bad)?;
+    crate::prepare::validate_db(db).map_err(|_| bad())?;
+    if m.is_empty() || m.len() > MEASUREMENT_LEN_MAX || m.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// All tables of a node.
 #[derive(Debug)]
 pub struct Catalog {
     path: PathBuf,
+    data_dir: PathBuf,
     tables: ArcSwap<HashMap<String, Arc<TableSchema>>>,
     write: Mutex<()>,
 }
 
 impl Catalog {
-    /// Loads `catalog.json` from `data_dir`, or starts empty.
+    /// Loads `catalog.json` from `data_dir`, or starts empty. Makes sure the default context
+    /// and every table's context are in `contexts/` (a catalog written before `contexts/`
+    /// existed has them inline and is rewritten to name them by hash).
     pub fn open(data_dir: &Path) -> Result<Catalog, EngineError> {
         let path = data_dir.join(CATALOG_FILE);
         let mut tables = HashMap::new();
+        let default = jsonld::default_context();
+        let default_hash = jsonld::store(data_dir, default.as_bytes())?;
+        let mut contexts: HashMap<Hash, Arc<str>> = HashMap::new();
+        contexts.insert(default_hash, default.into());
+        let mut migrate = false;
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: CatalogFile = serde_json::from_slice(&bytes)
@@ -141,20 +182,119 @@ impl Catalog {
                         })?;
                         columns.push((n, kind));
                     }
+                    let context = match (t.context_hash, t.context) {
+                        (Some(h), _) => {
+                            let hash = hash_from_hex(&h).ok_or_else(|| {
+                                EngineError::Corrupt(format!(
+                                    "{}: table {:?} has context hash {h:?}, not 64 hex digits",
+                                    path.display(),
+                                    t.name
+                                ))
+                            })?;
+                            match contexts.get(&hash) {
+                                Some(c) => c.clone(),
+                                None => {
+                                    let c = load_context(data_dir, &hash, &t.name)?;
+                                    contexts.insert(hash, c.clone());
+                                    c
+                                }
+                            }
+                        }
+                        (None, Some(inline)) => {
+                            migrate = true;
+                            let hash = jsonld::store(data_dir, inline.as_bytes())?;
+                            contexts
+                                .entry(hash)
+                                .or_insert_with(|| inline.into())
+                                .clone()
+                        }
+                        (None, None) => {
+                            return Err(EngineError::Corrupt(format!(
+                                "{}: table {:?} has no context",
+                                path.display(),
+                                t.name
+                            )))
+                        }
+                    };
                     tables.insert(
                         t.name.clone(),
-                        Arc::new(TableSchema::new(t.name, columns, t.context.into())),
+                        Arc::new(TableSchema::new(t.name, columns, context)),
                     );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(EngineError::io(&path, e)),
         }
-        Ok(Catalog {
+        let catalog = Catalog {
             path,
+            data_dir: data_dir.to_owned(),
             tables: ArcSwap::from_pointee(tables),
             write: Mutex::new(()),
-        })
+        };
+        if migrate {
+            catalog.persist(&catalog.tables.load())?;
+        }
+        Ok(catalog)
+    }
+
+    /// Sets the JSON-LD context of `table` (created without columns if it does not exist yet,
+    /// so its first block already carries the context). `bytes` are validated
+    /// ([`jsonld::validate`]), stored in `contexts/` and named in the catalog, durably, before
+    /// the new schema is published; blocks sealed from then on carry `H(bytes)`. Returns the
+    /// new schema.
+    pub fn set_context(&self, table: &str, bytes: &[u8]) -> Result<Arc<TableSchema>, EngineError> {
+        jsonld::validate(bytes).map_err(|source| SchemaError::Context {
+            table: table.to_owned(),
+            source,
+        })?;
+        let text = std::str::from_utf8(bytes).expect("valid JSON is UTF-8");
+        let _guard = self.write.lock();
+        let current = self.tables.load_full();
+        let columns = match current.get(table) {
+            Some(t) => t.columns.clone(),
+            None => {
+                validate_table_name(table)?;
+                if current.len() >= TABLES_MAX {
+                    return Err(SchemaError::TooManyTables { max: TABLES_MAX }.into());
+                }
+                Vec::new()
+            }
+        };
+        let hash = jsonld::store(&self.data_dir, bytes)?;
+        let schema = Arc::new(TableSchema::new(table.to_owned(), columns, text.into()));
+        assert_eq!(
+            schema.context_hash, hash,
+            "stored context hashes as the schema's"
+        );
+        let mut next = (*current).clone();
+        next.insert(table.to_owned(), schema.clone());
+        self.persist(&next)?;
+        self.tables.store(Arc::new(next));
+        Ok(schema)
+    }
+
+    /// A context by its hash: a table's current one, else one stored in `contexts/` (an
+    /// earlier context of some table). `None` if there is none.
+    pub fn context_by_hash(&self, hash: &Hash) -> Result<Option<Arc<str>>, EngineError> {
+        if let Some(t) = self
+            .tables
+            .load()
+            .values()
+            .find(|t| t.context_hash == *hash)
+        {
+            return Ok(Some(t.context.clone()));
+        }
+        match jsonld::load(&self.data_dir, hash)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(|s| Some(s.into()))
+                .map_err(|_| {
+                    EngineError::Corrupt(format!(
+                        "{}: not UTF-8",
+                        jsonld::context_path(&self.data_dir, hash).display()
+                    ))
+                }),
+        }
     }
 
     /// The current schema of a table.
@@ -265,7 +405,8 @@ impl Catalog {
                     .iter()
                     .map(|(n, k)| (n.clone(), k.name().to_owned()))
                     .collect(),
-                context: t.context.to_string(),
+                context_hash: Some(to_hex(&t.context_hash)),
+                context: None,
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -277,6 +418,26 @@ impl Catalog {
         annals_storage::fsutil::atomic_write(&self.path, &bytes)
             .map_err(|e| EngineError::io(&self.path, e))
     }
+}
+
+fn hash_from_hex(s: &str) -> Option<Hash> {
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(s, &mut h).ok()?;
+    Some(h)
+}
+
+/// A table's context named by the catalog: it must be in `contexts/` with the right bytes.
+fn load_context(data_dir: &Path, hash: &Hash, table: &str) -> Result<Arc<str>, EngineError> {
+    let path = jsonld::context_path(data_dir, hash);
+    let bytes = jsonld::load(data_dir, hash)?.ok_or_else(|| {
+        EngineError::Corrupt(format!(
+            "{}: missing (the context of table {table:?})",
+            path.display()
+        ))
+    })?;
+    String::from_utf8(bytes)
+        .map(Arc::from)
+        .map_err(|_| EngineError::Corrupt(format!("{}: not UTF-8", path.display())))
 }
 
 #[cfg(test)]
@@ -313,5 +474,75 @@ mod tests {
             t.context_hash,
             *blake3::hash(jsonld::default_context().as_bytes()).as_bytes()
         );
+    }
+
+    #[test]
+    fn a_table_context_is_stored_by_hash_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let default_hash = jsonld::context_hash(jsonld::default_context().as_bytes());
+        // The default context is resolvable from the start.
+        assert!(jsonld::context_path(dir.path(), &default_hash).is_file());
+        c.ensure("db/m", &[("host", Kind::Tag), ("v", Kind::F64)])
+            .unwrap();
+        let ctx = br#"{ "@context": {"v": "urn:example:v"} }"#;
+        let t = c.set_context("db/m", ctx).unwrap();
+        assert_eq!(t.context_hash, jsonld::context_hash(ctx));
+        assert_eq!(t.columns.len(), 2, "columns are kept");
+        assert_eq!(
+            std::fs::read(jsonld::context_path(dir.path(), &t.context_hash)).unwrap(),
+            ctx
+        );
+        // A table that does not exist yet gets the context and no columns.
+        let n = c.set_context("db/new", ctx).unwrap();
+        assert!(n.columns.is_empty());
+        // Invalid documents and names are refused and change nothing.
+        let err = c.set_context("db/m", b"{\"v\": 1}").unwrap_err();
+        assert!(err.to_string().contains("no \"@context\""), "{err}");
+        let err = c.set_context("bad db/m", ctx).unwrap_err();
+        assert!(err.to_string().contains("invalid table name"), "{err}");
+        assert_eq!(c.table("db/m").unwrap().context_hash, t.context_hash);
+        // Found by hash: the current ones and the default.
+        assert_eq!(
+            c.context_by_hash(&t.context_hash).unwrap().as_deref(),
+            Some(std::str::from_utf8(ctx).unwrap())
+        );
+        assert!(c.context_by_hash(&default_hash).unwrap().is_some());
+        assert!(c.context_by_hash(&[1; 32]).unwrap().is_none());
+        drop(c);
+        let c = Catalog::open(dir.path()).unwrap();
+        let t = c.table("db/m").unwrap();
+        assert_eq!(t.context_hash, jsonld::context_hash(ctx));
+        assert_eq!(t.context.as_bytes(), ctx);
+        assert_eq!(t.columns.len(), 2);
+        assert!(c.table("db/new").unwrap().columns.is_empty());
+        // catalog.json names the context by hash only.
+        let file = std::fs::read_to_string(dir.path().join(CATALOG_FILE)).unwrap();
+        assert!(file.contains(&to_hex(&t.context_hash)), "{file}");
+        assert!(!file.contains("urn:example:v"), "{file}");
+        // A context file that goes missing stops the open with its name.
+        drop(c);
+        std::fs::remove_file(jsonld::context_path(dir.path(), &t.context_hash)).unwrap();
+        let err = Catalog::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn an_inline_context_of_an_older_catalog_moves_to_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = r#"{"@context":{"v":"urn:v"}}"#;
+        let old = serde_json::json!({"version": 1, "tables": [
+            {"name": "db/m", "columns": [["v", "f64"]], "context": ctx}
+        ]});
+        std::fs::write(dir.path().join(CATALOG_FILE), old.to_string()).unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let h = jsonld::context_hash(ctx.as_bytes());
+        assert_eq!(c.table("db/m").unwrap().context_hash, h);
+        assert_eq!(
+            jsonld::load(dir.path(), &h).unwrap().as_deref(),
+            Some(ctx.as_bytes())
+        );
+        let file = std::fs::read_to_string(dir.path().join(CATALOG_FILE)).unwrap();
+        assert!(file.contains("context_hash"), "{file}");
     }
 }

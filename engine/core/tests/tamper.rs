@@ -769,3 +769,34 @@ fn open_with_a_branch_log_behind_its_block_files_never_reuses_a_height() {
     let r = audit(copy.path()).unwrap();
     assert!(r.ok(), "{:#?}", r.problems);
 }
+
+#[test]
+fn audit_detects_a_missing_or_changed_json_ld_context() {
+    use annals_engine::jsonld::{context_hash, context_path, default_context};
+    let base = base();
+    let hash = context_hash(default_context().as_bytes());
+    assert_eq!(
+        audit_ok(base.path()).contexts_checked,
+        1,
+        "both tables name the default"
+    );
+    let rel = context_path(base.path(), &hash)
+        .strip_prefix(base.path())
+        .unwrap()
+        .to_owned();
+    // Deleted: every block names a context nobody can resolve any more.
+    let (_copy, r) = tampered(base.path(), |d| std::fs::remove_file(d.join(&rel)).unwrap());
+    assert_reported(&r, "deleted context", "blocks.log height 0");
+    assert!(
+        r.problems.iter().any(|p| p.message.contains("is missing")),
+        "{:#?}",
+        r.problems
+    );
+    // Changed (one meaning swapped for another): the file no longer hashes to its name.
+    let (_copy, r) = tampered(base.path(), |d| {
+        let forged = default_context().replace("sosa:resultTime", "sosa:phenomenonTime");
+        std::fs::write(d.join(&rel), forged).unwrap();
+    });
+    assert_reported(&r, "changed context", &file_name(&rel));
+    assert_reported(&r, "changed context", "blocks.log height 0");
+}
