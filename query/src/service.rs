@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use annals_engine::catalog::TableSchema;
 use annals_engine::engine::Engine;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -14,7 +15,9 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::source_as_provider;
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -22,6 +25,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
@@ -185,7 +189,7 @@ impl QueryService {
         let guard = self.registry.start(db, sql, self.engine.clock().now_ns());
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let planned = tokio::time::timeout_at(deadline, plan_and_start(ctx, sql)).await;
-        let stream = match planned {
+        let (stream, tables) = match planned {
             Err(_) => {
                 guard.finish(QueryState::TimedOut, None);
                 return Err(QueryError::Timeout(self.cfg.timeout));
@@ -201,6 +205,7 @@ impl QueryService {
         Ok(QueryOutput {
             schema: schema.clone(),
             id: guard.id(),
+            tables,
             stream: Box::pin(Guarded {
                 inner: stream,
                 schema,
@@ -212,7 +217,29 @@ impl QueryService {
     }
 }
 
-async fn plan_and_start(ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream> {
+/// The measurements a plan reads (plain or through `ledger()`), each once, in plan order.
+fn tables_read(plan: &LogicalPlan) -> Vec<Arc<TableSchema>> {
+    let mut out: Vec<Arc<TableSchema>> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Ok(provider) = source_as_provider(&scan.source) {
+                if let Some(t) = provider.downcast_ref::<LedgerTable>() {
+                    let t = t.table_schema();
+                    if !out.iter().any(|o| o.name == t.name) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+async fn plan_and_start(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<(SendableRecordBatchStream, Vec<Arc<TableSchema>>)> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -231,15 +258,22 @@ async fn plan_and_start(ctx: &SessionContext, sql: &str) -> Result<SendableRecor
         ctx.execute_logical_plan(plan).await?.collect().await?;
     }
     if unpins(ctx, &last) {
-        return ctx
+        let stream = ctx
             .sql("SELECT 1 WHERE false")
             .await?
             .execute_stream()
-            .await;
+            .await?;
+        return Ok((stream, Vec::new()));
     }
     let plan = ctx.state().statement_to_plan(last).await?;
     options.verify_plan(&plan)?;
-    ctx.execute_logical_plan(plan).await?.execute_stream().await
+    let tables = tables_read(&plan);
+    let stream = ctx
+        .execute_logical_plan(plan)
+        .await?
+        .execute_stream()
+        .await?;
+    Ok((stream, tables))
 }
 
 /// `RESET annals.as_of_epoch` and `SET annals.as_of_epoch = NULL | DEFAULT | 'latest'` unpin a
@@ -278,6 +312,9 @@ pub struct QueryOutput {
     pub schema: SchemaRef,
     /// Its id in `system.queries`.
     pub id: u64,
+    /// The measurements the query reads (plain or through `ledger()`), each once: what a
+    /// JSON-LD export takes its context and tag columns from.
+    pub tables: Vec<Arc<TableSchema>>,
     /// Ends with an error if the query fails or runs past its timeout; dropping it cancels
     /// the query.
     pub stream: SendableRecordBatchStream,

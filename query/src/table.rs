@@ -57,6 +57,15 @@ impl LedgerTable {
             ledger_columns,
         }
     }
+    /// The measurement's schema (and JSON-LD context) this table reads.
+    pub fn table_schema(&self) -> &Arc<TableSchema> {
+        &self.table
+    }
+
+    /// Whether this is `ledger('m')` (with `_tx_id`, `_branch`, `_height`, `_index`).
+    pub fn has_ledger_columns(&self) -> bool {
+        self.ledger_columns
+    }
 }
 
 /// Which blocks of each branch a query may see.

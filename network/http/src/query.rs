@@ -3,8 +3,9 @@
 //! Parameters come from the query string and, for `POST`, from a JSON body
 //! (`{"db": .., "q": .., "format": .., "as_of_epoch": .., "params": ..}`, as InfluxDB 3 clients
 //! send it) or a form body; a value in the body wins over the same one in the query string.
-//! `db` and `q` are required; `format` is `json` (default), `jsonl`, `csv`, `parquet` or
-//! `pretty`; `as_of_epoch` pins the query to a checkpoint epoch.
+//! `db` and `q` are required; `format` is `json` (default), `jsonl`, `csv`, `parquet`,
+//! `pretty` or `jsonld` (observations in JSON-LD, see [`crate::jsonld`]); `as_of_epoch` pins
+//! the query to a checkpoint epoch.
 //!
 //! Streaming: the answer starts once [`HEAD_BYTES_MAX`] of it are encoded, the result has ended, or
 //! [`HEAD_WAIT_MAX`] has passed since the first rows, so planning errors, a timeout before any row
@@ -72,6 +73,9 @@ pub enum Format {
     Parquet,
     /// An aligned text table.
     Pretty,
+    /// JSON-LD: the table's context and one `sosa:Observation` per (row, value); rows need
+    /// `_tx_id` (see [`crate::jsonld`]).
+    JsonLd,
 }
 
 impl Format {
@@ -83,6 +87,7 @@ impl Format {
             "csv" => Format::Csv,
             "parquet" => Format::Parquet,
             "pretty" => Format::Pretty,
+            "jsonld" | "json-ld" => Format::JsonLd,
             _ => return None,
         })
     }
@@ -95,6 +100,7 @@ impl Format {
             Format::Csv => "text/csv; charset=utf-8",
             Format::Parquet => "application/vnd.apache.parquet",
             Format::Pretty => "text/plain; charset=utf-8",
+            Format::JsonLd => "application/ld+json",
         }
     }
 }
@@ -237,7 +243,7 @@ fn check(p: Params) -> Result<Checked, String> {
     let format = match p.format.as_deref() {
         None | Some("") => Format::Json,
         Some(f) => Format::parse(f).ok_or_else(|| {
-            format!("unknown format {f:?}: use json, jsonl, csv, parquet or pretty")
+            format!("unknown format {f:?}: use json, jsonl, csv, parquet, pretty or jsonld")
         })?,
     };
     let bad_epoch = |v: &dyn std::fmt::Display| {
@@ -290,19 +296,33 @@ async fn run(s: AppState, p: Params) -> Response {
     if format == Format::Pretty {
         return pretty(out.stream, out.schema, s.cfg.query_pretty_bytes_max).await;
     }
-    streamed(out.stream, &out.schema, format).await
+    if format == Format::JsonLd {
+        let (enc, hash) = match crate::jsonld::JsonLdEncoder::new(&out.schema, &req.db, &out.tables)
+        {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let mut resp = streamed(out.stream, Encoder::JsonLd(Box::new(enc)), format).await;
+        if resp.status() == StatusCode::OK {
+            let hash = HeaderValue::from_str(&hex::encode(hash)).expect("hex is a header value");
+            resp.headers_mut()
+                .insert(crate::context::CONTEXT_HASH_HEADER, hash);
+        }
+        return resp;
+    }
+    let enc = match Encoder::new(format, &out.schema) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    streamed(out.stream, enc, format).await
 }
 
-/// Streams json, jsonl, csv and parquet results.
-async fn streamed<S, E>(mut stream: S, schema: &SchemaRef, format: Format) -> Response
+/// Streams json, jsonl, csv, parquet and jsonld results.
+async fn streamed<S, E>(mut stream: S, mut enc: Encoder, format: Format) -> Response
 where
     S: Stream<Item = Result<RecordBatch, E>> + Send + Unpin + 'static,
     E: Into<QueryError> + Send + 'static,
 {
-    let mut enc = match Encoder::new(format, schema) {
-        Ok(e) => e,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
     // Hold the answer until HEAD_BYTES_MAX are ready, the result ends, or HEAD_WAIT_MAX has passed
     // since the first rows: a failure before then still gets its status and message.
     let mut head = Vec::new();
@@ -410,6 +430,7 @@ enum Encoder {
         header_done: bool,
     },
     Parquet(Box<ArrowWriter<Vec<u8>>>),
+    JsonLd(Box<crate::jsonld::JsonLdEncoder>),
 }
 
 impl Encoder {
@@ -422,9 +443,9 @@ impl Encoder {
                 schema: schema.clone(),
                 header_done: false,
             },
-            Format::Pretty => {
+            Format::Pretty | Format::JsonLd => {
                 return Err(EncodeError::Arrow(ArrowError::InvalidArgumentError(
-                    "format=pretty is not streamed".into(),
+                    format!("{format:?} has its own encoder"),
                 )))
             }
             Format::Parquet => {
@@ -467,6 +488,7 @@ impl Encoder {
                 // Only takes bytes already written; the writer counts offsets itself.
                 Bytes::from(std::mem::take(w.inner_mut()))
             }
+            Encoder::JsonLd(e) => e.batch(b)?,
         })
     }
 
@@ -496,6 +518,7 @@ impl Encoder {
                 w.finish()?;
                 Bytes::from(std::mem::take(w.inner_mut()))
             }
+            Encoder::JsonLd(e) => e.finish(),
         })
     }
 }
@@ -507,6 +530,7 @@ impl std::fmt::Debug for Encoder {
             Encoder::Jsonl(_) => "Encoder::Jsonl",
             Encoder::Csv { .. } => "Encoder::Csv",
             Encoder::Parquet(_) => "Encoder::Parquet",
+            Encoder::JsonLd(_) => "Encoder::JsonLd",
         })
     }
 }
@@ -590,6 +614,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((c.format, c.req.as_of_epoch), (Format::Csv, Some(7)));
+        let c = check(params(json!({"db": "d", "q": "x", "format": "jsonld"}))).unwrap();
+        assert_eq!(
+            (c.format, c.format.content_type()),
+            (Format::JsonLd, "application/ld+json")
+        );
         let c = check(params(json!({"db": "d", "q": "x", "as_of_epoch": "12"}))).unwrap();
         assert_eq!(c.req.as_of_epoch, Some(12));
         let err = |v: Value| check(params(v)).unwrap_err();
