@@ -152,14 +152,21 @@ pub fn verify_inclusion(
     path: &[Hash],
     root: &Hash,
 ) -> bool {
+    inclusion_root(leaf_hash, index, size, path).is_some_and(|r| &r == root)
+}
+
+/// The root that `path` leads to from `leaf_hash` at `index` of a tree of `size` (RFC 9162
+/// section 2.1.3.2 without the final comparison), or `None` when the path does not fit the
+/// index and size. Used where the root is what a signature covers (device attestations).
+pub fn inclusion_root(leaf_hash: &Hash, index: u64, size: u64, path: &[Hash]) -> Option<Hash> {
     if index >= size {
-        return false;
+        return None;
     }
     let (mut fnode, mut snode) = (index, size - 1);
     let mut r = *leaf_hash;
     for p in path {
         if snode == 0 {
-            return false;
+            return None;
         }
         if fnode & 1 == 1 || fnode == snode {
             r = node_hash(p, &r);
@@ -175,7 +182,7 @@ pub fn verify_inclusion(
         fnode >>= 1;
         snode >>= 1;
     }
-    snode == 0 && &r == root
+    (snode == 0).then_some(r)
 }
 
 /// RFC 9162 section 2.1.4.2: is the tree `(size, root)` an append-only extension of
