@@ -65,6 +65,7 @@ pub struct Engine {
     report: RecoveryReport,
     created_key: bool,
     recovered: Mutex<HashMap<String, RecoveredRequest>>,
+    attest: Arc<crate::attest::Attestations>,
     /// Held (locked) for the engine's life.
     _lock: std::fs::File,
 }
@@ -197,6 +198,10 @@ impl Engine {
         check_node_file(&dir, cfg.shards)?;
         let (key, created_key) = crate::keys::load_or_create(&dir)?;
         let catalog = Arc::new(Catalog::open(&dir)?);
+        let attest = Arc::new(
+            crate::attest::Attestations::open(&dir.join("attestations"), cfg.unsafe_no_sync)
+                .map_err(|e| EngineError::Storage(e.to_string()))?,
+        );
         let mut report = RecoveryReport::default();
 
         // Branch logs.
@@ -558,6 +563,7 @@ impl Engine {
             report,
             created_key,
             recovered: Mutex::new(recovered),
+            attest,
             _lock: lock,
         })
     }
@@ -596,6 +602,11 @@ impl Engine {
     /// every acknowledged row visible.
     pub fn snapshot(&self) -> crate::view::Snapshot {
         self.shared.views.snapshot()
+    }
+
+    /// Device registry, table policies, replay windows and attestation log (see [`crate::attest`]).
+    pub fn attestations(&self) -> &Arc<crate::attest::Attestations> {
+        &self.attest
     }
 
     /// The last-value cache (see [`crate::last_values`]).

@@ -3,8 +3,9 @@
 //! Owns: turning requests into rows ([`prepare`]), routing rows by series key to shards, each
 //! shard's writer thread (positions, WAL, group commit, acknowledgement, seal decisions —
 //! [`writer`]), its sealer thread (headers, signatures, block files, branch logs — [`sealer`]),
-//! the checkpointer ([`checkpointer`]), table schemas ([`catalog`]), receipts ([`receipt`]) and
-//! recovery at start ([`engine`]).
+//! the checkpointer ([`checkpointer`]), table schemas ([`catalog`]), receipts ([`receipt`]),
+//! device attestations (registry, replay windows, attestation log — [`attest`]) and recovery at
+//! start ([`engine`]).
 //!
 //! Must never: hold a lock shared by all shards on the write path (the catalog is read
 //! lock-free; shards share nothing else while writing), acknowledge a row before the fsync that
@@ -18,6 +19,7 @@
 //!   crash has the same header hash as before.
 //! - A WAL segment is deleted only when every block with rows in it is in a finished block file.
 
+pub mod attest;
 pub mod audit;
 pub mod catalog;
 pub mod checkpointer;

@@ -137,6 +137,57 @@ pub struct Proof {
     pub entry_index: u64,
     pub entry_path: Vec<Hash>,
     pub checkpoint_signatures: Vec<KeySig>,
+    /// The device signature over a batch holding the row, when the row was written signed.
+    pub attestation: Option<AttestationProof>,
+}
+
+/// The `attestation` member (FORMAT.md "Device attestation"): the row is leaf `index` of a
+/// batch of `batch_size` rows whose root, reached through `path`, device `device_key` signed
+/// as batch `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationProof {
+    pub device_key: [u8; 32],
+    pub seq: u64,
+    pub batch_size: u64,
+    pub index: u64,
+    pub path: Vec<Hash>,
+    pub sig: [u8; 64],
+}
+
+impl AttestationProof {
+    fn to_json(&self) -> Value {
+        json!({
+            "device_key": to_hex(&self.device_key),
+            "seq": self.seq,
+            "batch_size": self.batch_size,
+            "index": self.index,
+            "path": hexes(&self.path),
+            "sig": to_hex(&self.sig),
+        })
+    }
+
+    /// Checks the device's signature over the batch root the row and path lead to.
+    pub fn verify(&self, leaf: &Hash) -> Result<Hash, String> {
+        let root =
+            annals_format::merkle::inclusion_root(leaf, self.index, self.batch_size, &self.path)
+                .ok_or_else(|| {
+                    format!(
+                        "attestation: a path of {} hashes does not fit index {} of a batch of {}",
+                        self.path.len(),
+                        self.index,
+                        self.batch_size
+                    )
+                })?;
+        let d = crate::attest::digest(&self.device_key, self.seq, &root);
+        annals_format::sign::verify(&self.device_key, &d, &self.sig).map_err(|e| {
+            format!(
+                "attestation: device {} batch {}: {e}",
+                to_hex(&self.device_key),
+                self.seq
+            )
+        })?;
+        Ok(root)
+    }
 }
 
 fn hexes(v: &[Hash]) -> Vec<String> {
@@ -207,7 +258,7 @@ impl Proof {
     /// The document exactly as FORMAT.md spells it.
     pub fn to_json(&self) -> Value {
         let row = row_json(&self.row).expect("a proof's row was decoded when it was built");
-        json!({
+        let mut doc = json!({
             "format": PROOF_FORMAT,
             "row": row,
             "row_hex": hex::encode(&self.row),
@@ -226,7 +277,11 @@ impl Proof {
                 "path": hexes(&self.entry_path),
                 "signatures": self.checkpoint_signatures.iter().map(keysig_json).collect::<Vec<_>>(),
             },
-        })
+        });
+        if let Some(a) = &self.attestation {
+            doc["attestation"] = a.to_json();
+        }
+        doc
     }
 
     /// Reads a document back (strictly: every field present and well-formed, `row` equal to
@@ -271,6 +326,19 @@ impl Proof {
         }
         let b = &v["block"];
         let c = &v["checkpoint"];
+        let attestation = match &v["attestation"] {
+            Value::Null => None,
+            a => Some(AttestationProof {
+                device_key: hash(&a["device_key"], "attestation.device_key")?,
+                seq: uint(&a["seq"], "attestation.seq")?,
+                batch_size: uint(&a["batch_size"], "attestation.batch_size")?,
+                index: uint(&a["index"], "attestation.index")?,
+                path: path(&a["path"], "attestation.path")?,
+                sig: bytes(&a["sig"], "attestation.sig")?
+                    .try_into()
+                    .map_err(|_| "attestation.sig is not 64 bytes".to_string())?,
+            }),
+        };
         let checkpoint_header =
             CheckpointHeader::decode(&bytes(&c["header_hex"], "checkpoint.header_hex")?)
                 .map_err(|e| format!("checkpoint.header_hex: {e}"))?;
@@ -296,6 +364,7 @@ impl Proof {
                 .iter()
                 .map(|s| keysig(s, "checkpoint.signatures"))
                 .collect::<Result<_, _>>()?,
+            attestation,
         })
     }
 
@@ -355,6 +424,9 @@ impl Proof {
         }
         if !signed {
             return Err("checkpoint signatures: none by a trusted key".into());
+        }
+        if let Some(a) = &self.attestation {
+            a.verify(&leaf)?;
         }
         Ok(())
     }
@@ -600,12 +672,12 @@ fn read_file_block(file: &BlockFile, block: usize) -> Result<Vec<RecordBatch>, P
 }
 
 /// The rows of one block as canonical encodings, with its header and signature if sealed.
-struct BlockRowsRead {
+pub(crate) struct BlockRowsRead {
     sealed: Option<(BlockHeader, [u8; 64])>,
-    encodings: Vec<Vec<u8>>,
+    pub(crate) encodings: Vec<Vec<u8>>,
 }
 
-fn read_block(
+pub(crate) fn read_block(
     snap: &Snapshot,
     branch: &BranchId,
     height: u64,
@@ -645,6 +717,11 @@ pub struct BlockProofs {
     checkpoint: Arc<CheckpointRecord>,
     entry_index: usize,
     entry_path: Vec<Hash>,
+    /// For the attestations of the block's rows: the snapshot (other blocks of a batch) and
+    /// the leaf hashes of batches already assembled.
+    snap: Snapshot,
+    attest: Arc<crate::attest::Attestations>,
+    batches: crate::attest::proof::BatchCache,
 }
 
 impl BlockProofs {
@@ -738,6 +815,9 @@ impl BlockProofs {
             checkpoint,
             entry_index,
             entry_path,
+            snap: snap.clone(),
+            attest: engine.attestations().clone(),
+            batches: Default::default(),
         })
     }
 
@@ -789,6 +869,14 @@ impl BlockProofs {
                     sig: *sig,
                 })
                 .collect(),
+            attestation: crate::attest::proof::attestation(
+                &self.attest,
+                &self.snap,
+                &self.batches,
+                &self.header,
+                &self.leaves,
+                index,
+            )?,
         };
         proof.verify(&[self.signature.key]).map_err(|step| {
             ProofError::Corrupt(format!(
