@@ -166,6 +166,8 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         println!("annals listening on http://{addr} (data dir {})", args.data_dir.display());
         info!(%addr, data_dir = %args.data_dir.display(), node_key = %hex::encode(engine.public_key()), "annals serving");
         let app = annals_http::router(engine.clone(), Some(query), http_cfg, metrics);
+        // With each connection's address: the write API limits bad device signatures per client.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
     });
     info!("shutting down: sealing open blocks and finishing block files");

@@ -3,8 +3,6 @@
 //! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
 //! the SQL endpoint `/api/v3/query_sql` (see [`query`] for its formats and status codes),
 //! the ledger API `/api/v3/ledger/...` (proofs, checkpoints, consistency; see [`ledger`]),
-//! tables' JSON-LD contexts (`/api/v3/tables/{db}/{table}/context`, `/api/v3/contexts/{hash}`;
-//! see [`context`]; `format=jsonld` query results in [`jsonld`]),
 //! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
 //! (so connections parse in parallel), queues it on the engine and answers once every row is
 //! durable: 204, or 200 with a receipt when asked.
@@ -17,9 +15,8 @@
 //! 413 body too large; 422 a column's type conflicts with the table; 503 overloaded (with
 //! `Retry-After`) or shutting down; 500 a storage failure.
 
-pub mod context;
+pub mod devices;
 mod idempotency;
-pub mod jsonld;
 pub mod ledger;
 pub mod query;
 mod write;
@@ -32,7 +29,7 @@ use annals_query::QueryService;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -75,6 +72,8 @@ pub struct AppState {
     /// Runs SQL; `None`: `/api/v3/query_sql` answers 503.
     pub query: Option<Arc<QueryService>>,
     pub(crate) idem: Arc<idempotency::Keys>,
+    /// Bad device signatures per client address and claimed device key.
+    pub(crate) bad_signatures: Arc<devices::BadSignatures>,
 }
 
 /// Builds the router; without a query service the SQL endpoint answers 503.
@@ -88,6 +87,7 @@ pub fn router(
         engine,
         query,
         idem: Arc::new(idempotency::Keys::new(cfg.idempotency_keys_max)),
+        bad_signatures: Arc::new(devices::BadSignatures::new(devices::LIMITER_SOURCES_MAX)),
         cfg: cfg.clone(),
         metrics,
     };
@@ -115,10 +115,15 @@ pub fn router(
         )
         .route("/api/v3/ledger/consistency", get(ledger::consistency))
         .route(
-            "/api/v3/tables/{db}/{table}/context",
-            get(context::get_table_context).put(context::put_table_context),
+            "/api/v3/devices",
+            get(devices::list).post(devices::register),
         )
-        .route("/api/v3/contexts/{hash}", get(context::get_context))
+        .route("/api/v3/devices/{key}", delete(devices::revoke))
+        .route("/api/v3/devices/{key}/revoke", post(devices::revoke))
+        .route(
+            "/api/v3/tables/{db}/{table}/policy",
+            get(devices::policy_get).put(devices::policy_put),
+        )
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.

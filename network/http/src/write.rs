@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +10,13 @@ use std::time::{Duration, Instant};
 use annals_engine::{PrepareOptions, ReceiptForm, WriteError};
 use annals_lp::{ParseOptions, Precision};
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use crate::devices::{attest_error, count_rejected, Source};
 use crate::idempotency::Answer;
 use crate::AppState;
 
@@ -44,10 +46,19 @@ fn bool_param(q: &HashMap<String, String>, k: &str) -> bool {
         .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"))
 }
 
-fn error(code: StatusCode, msg: impl Into<String>, line: Option<usize>) -> (u16, Option<Value>) {
+pub(crate) fn error(
+    code: StatusCode,
+    msg: impl Into<String>,
+    line: Option<usize>,
+) -> (u16, Option<Value>) {
     let msg = msg.into();
     let kind = match code {
         StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests",
         StatusCode::PAYLOAD_TOO_LARGE => "too large",
         StatusCode::UNPROCESSABLE_ENTITY => "conflict",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -62,6 +73,7 @@ fn error(code: StatusCode, msg: impl Into<String>, line: Option<usize>) -> (u16,
 
 fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)]) -> Response {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry_after = body.as_ref().and_then(|b| b["retry_after_s"].as_u64());
     let mut resp = match body {
         Some(b) => (code, Json(b)).into_response(),
         None => code.into_response(),
@@ -74,6 +86,11 @@ fn respond((code, body): (u16, Option<Value>), headers: &[(&'static str, String)
     if code == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert("retry-after", secs.into());
+        }
     }
     resp
 }
@@ -102,34 +119,49 @@ fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, (u16, Option<Value>)> {
 pub(crate) async fn write_v1(
     State(s): State<AppState>,
     Query(q): Query<Params>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write(s, WriteApi::V1, q, h, body).await
+    write(s, WriteApi::V1, q, h, body, peer_addr(peer)).await
 }
 
 pub(crate) async fn write_v2(
     State(s): State<AppState>,
     Query(q): Query<Params>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write(s, WriteApi::V2, q, h, body).await
+    write(s, WriteApi::V2, q, h, body, peer_addr(peer)).await
 }
 
 pub(crate) async fn write_v3(
     State(s): State<AppState>,
     Query(q): Query<Params>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write(s, WriteApi::V3, q, h, body).await
+    write(s, WriteApi::V3, q, h, body, peer_addr(peer)).await
 }
 
 /// Query parameters of a write.
 type Params = HashMap<String, String>;
 
-async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes) -> Response {
+/// The client's address, when the server was started with connection info.
+fn peer_addr(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
+    peer.map(|Extension(ConnectInfo(a))| a.ip())
+}
+
+async fn write(
+    s: AppState,
+    api: WriteApi,
+    q: Params,
+    h: HeaderMap,
+    body: Bytes,
+    addr: Option<IpAddr>,
+) -> Response {
     // v2 names the database `bucket` (and accepts `db` too).
     let db = match api {
         WriteApi::V2 => q.get("bucket").or_else(|| q.get("db")),
@@ -142,7 +174,10 @@ async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(key) = key else {
-        return respond(write_once(&s, api, &db, &q, &h, &body, None).await, &[]);
+        return respond(
+            write_once(&s, api, &db, &q, &h, &body, None, addr).await,
+            &[],
+        );
     };
     let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
     let full_key = format!("{db}\0{key}");
@@ -170,7 +205,8 @@ async fn write(s: AppState, api: WriteApi, q: Params, h: HeaderMap, body: Bytes)
                     default_time_ns: recovered.as_ref().map(|r| r.default_time_ns),
                     done: recovered.map(|r| r.parts).unwrap_or_default(),
                 };
-                let (code, answer) = write_once(&s, api, &db, &q, &h, &body, Some(keyed)).await;
+                let (code, answer) =
+                    write_once(&s, api, &db, &q, &h, &body, Some(keyed), addr).await;
                 // Only a write that happened is remembered; a refused one may be retried.
                 if (200..300).contains(&code) {
                     s.engine.forget_recovered(&full_key);
@@ -224,6 +260,7 @@ struct Keyed<'k> {
     done: Vec<Option<Vec<Vec<annals_engine::Run>>>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_once(
     s: &AppState,
     api: WriteApi,
@@ -232,6 +269,7 @@ async fn write_once(
     h: &HeaderMap,
     body: &Bytes,
     keyed: Option<Keyed<'_>>,
+    addr: Option<IpAddr>,
 ) -> (u16, Option<Value>) {
     let started = Instant::now();
     if db.is_empty() {
@@ -276,6 +314,27 @@ async fn write_once(
         ReceiptForm::Full
     };
     let no_sync = bool_param(q, "no_sync");
+    let signed = match crate::devices::signed_headers(h) {
+        Ok(sg) => sg,
+        Err(m) => {
+            count_rejected("invalid");
+            return error(StatusCode::BAD_REQUEST, m, None);
+        }
+    };
+    let sources: Vec<Source> = match &signed {
+        Some(sg) => addr
+            .map(Source::Addr)
+            .into_iter()
+            .chain([Source::Device(sg.key)])
+            .collect(),
+        None => Vec::new(),
+    };
+    let attest = s.engine.attestations();
+    if let Some(sg) = &signed {
+        if let Some(refused) = check_signed_request(s, sg, &sources, q, no_sync, precision, bytes) {
+            return refused;
+        }
+    }
     let opts = PrepareOptions {
         parse: ParseOptions {
             precision,
@@ -292,6 +351,35 @@ async fn write_once(
     let mut prepared = match engine.prepare(db, bytes, &opts) {
         Ok(p) => p,
         Err(e) => return write_error(e),
+    };
+    // A signed batch: check the signature over the prepared rows and reserve the sequence
+    // number (released if the write fails). An unsigned one: check the tables' policies.
+    let reservation = match &signed {
+        Some(sg) => {
+            let leaves = annals_engine::attest::batch_leaves(&prepared);
+            let root = annals_format::merkle::root_of(&leaves);
+            match attest.begin(&sg.key, sg.seq, &sg.sig, &root, leaves.len()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let now = s.engine.clock().now_ns();
+                    if matches!(e, annals_engine::attest::AttestError::BadSignature { .. }) {
+                        s.bad_signatures.record(&sources, now);
+                    }
+                    count_rejected(e.reason());
+                    tracing::warn!(device = %hex::encode(sg.key), seq = sg.seq, client = ?addr, reason = e.reason(), error = %e, "signed write refused");
+                    return attest_error(&e);
+                }
+            }
+        }
+        None => {
+            let tables = prepared.origins.iter().flatten().map(|o| o.table.as_str());
+            if let Err(e) = attest.check_unsigned(tables) {
+                count_rejected(e.reason());
+                tracing::warn!(client = ?addr, error = %e, "unsigned write refused by a table policy");
+                return attest_error(&e);
+            }
+            None
+        }
     };
     // Wait for queue space, bounded.
     let deadline = started + s.cfg.write_wait_max;
@@ -341,6 +429,28 @@ async fn write_once(
         Ok(o) => o,
         Err(e) => return write_error(e),
     };
+    // Rows durable, then the attestation record durable, then the acknowledgement.
+    if let Some(r) = reservation {
+        let runs = annals_engine::attest::batch_runs(&outcome);
+        match tokio::task::spawn_blocking(move || r.commit(runs)).await {
+            Ok(Ok(())) => metrics::counter!("annals_attestations_total").increment(1),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "rows written but their attestation was not recorded");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the rows were written but their attestation could not be recorded ({e}); the sequence number was not used: retry"),
+                    None,
+                );
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("attestation task failed: {e}"),
+                    None,
+                )
+            }
+        }
+    }
     metrics::histogram!("annals_write_seconds").record(started.elapsed().as_secs_f64());
     if !outcome.rejected.is_empty() {
         // Partial acceptance: the valid lines are written, the others reported (as InfluxDB does, 400).
@@ -354,6 +464,65 @@ async fn write_once(
     } else {
         (StatusCode::NO_CONTENT.as_u16(), None)
     }
+}
+
+/// The checks of a signed request that need no parsing, and the timestamps: `Some` answer
+/// refuses it.
+fn check_signed_request(
+    s: &AppState,
+    sg: &crate::devices::Signed,
+    sources: &[Source],
+    q: &HashMap<String, String>,
+    no_sync: bool,
+    precision: Precision,
+    bytes: &[u8],
+) -> Option<(u16, Option<Value>)> {
+    let device = hex::encode(sg.key);
+    if let Some(secs) = s.bad_signatures.blocked(sources, s.engine.clock().now_ns()) {
+        count_rejected("rate_limited");
+        tracing::warn!(%device, ?sources, retry_after_s = secs, "signed write refused: too many bad signatures from this source");
+        let (code, body) = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many bad signatures from this client or for device {device}; retry in {secs} s"),
+            None,
+        );
+        let body = body.map(|mut b| {
+            b["retry_after_s"] = json!(secs);
+            b["reason"] = json!("rate_limited");
+            b
+        });
+        return Some((code, body));
+    }
+    if bool_param(q, "accept_partial") {
+        count_rejected("invalid");
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "a signed write is all or nothing: accept_partial=true cannot be used with Annals-Device-Signature",
+            None,
+        ));
+    }
+    if no_sync {
+        count_rejected("invalid");
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "a signed write is acknowledged only once its attestation is durable: no_sync=true cannot be used with Annals-Device-Signature",
+            None,
+        ));
+    }
+    if let Err(e) = s.engine.attestations().active_device(&sg.key) {
+        count_rejected(e.reason());
+        tracing::warn!(%device, reason = e.reason(), "signed write refused");
+        return Some(attest_error(&e));
+    }
+    if let Some(line) = annals_engine::attest::line_without_time(bytes, precision) {
+        count_rejected("invalid");
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            format!("line {line} has no timestamp: every line of a signed write needs one (the device signs each row's time)"),
+            Some(line),
+        ));
+    }
+    None
 }
 
 fn write_error(e: WriteError) -> (u16, Option<Value>) {
