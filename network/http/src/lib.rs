@@ -3,6 +3,8 @@
 //! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
 //! the SQL endpoint `/api/v3/query_sql` (see [`query`] for its formats and status codes),
 //! the ledger API `/api/v3/ledger/...` (proofs, checkpoints, consistency; see [`ledger`]),
+//! tables' JSON-LD contexts (`/api/v3/tables/{db}/{table}/context`, `/api/v3/contexts/{hash}`;
+//! see [`context`]; `format=jsonld` query results in [`jsonld`]),
 //! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
 //! (so connections parse in parallel), queues it on the engine and answers once every row is
 //! durable: 204, or 200 with a receipt when asked.
@@ -15,8 +17,10 @@
 //! 413 body too large; 422 a column's type conflicts with the table; 503 overloaded (with
 //! `Retry-After`) or shutting down; 500 a storage failure.
 
+pub mod context;
 pub mod devices;
 mod idempotency;
+pub mod jsonld;
 pub mod ledger;
 pub mod query;
 mod write;
@@ -124,6 +128,11 @@ pub fn router(
             "/api/v3/tables/{db}/{table}/policy",
             get(devices::policy_get).put(devices::policy_put),
         )
+        .route(
+            "/api/v3/tables/{db}/{table}/context",
+            get(context::get_table_context).put(context::put_table_context),
+        )
+        .route("/api/v3/contexts/{hash}", get(context::get_context))
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.
