@@ -189,7 +189,7 @@ fn block_file(c: &mut Criterion) {
             .expect("block file created");
             let start = Instant::now();
             for _ in 0..iters {
-                w.write_block(black_box(&batch), &header, &signature)
+                w.write_block(black_box(&batch), &header, &signature, &[])
                     .expect("block written");
             }
             let spent = start.elapsed();
@@ -213,7 +213,7 @@ fn block_file(c: &mut Criterion) {
                     BLOCK_ROWS,
                 )
                 .expect("block file created");
-                w.write_block(black_box(&batch), &header, &signature)
+                w.write_block(black_box(&batch), &header, &signature, &[])
                     .expect("block written");
                 let (path, _) = w.finish().expect("file finished");
                 spent += start.elapsed();

@@ -219,12 +219,17 @@ impl Sealer {
             log.block_hash(job.height - 1)
                 .map_err(EngineError::storage)?
         };
+        // The roots of the block's proof pieces; `rows_root` is their root (the same tree).
+        let chunk_roots = annals_format::merkle::chunk_roots(
+            &job.rows.leaf_hashes,
+            annals_storage::block_file::PROOF_CHUNK_ROWS,
+        );
         let header = BlockHeader {
             table: job.table.name.clone(),
             branch: job.branch,
             height: job.height,
             prev,
-            rows_root: root_of(&job.rows.leaf_hashes),
+            rows_root: root_of(&chunk_roots),
             row_count: job.rows.len() as u32,
             time_min: job.rows.time_min,
             time_max: job.rows.time_max,
@@ -279,7 +284,7 @@ impl Sealer {
         }
         let file = self.files.get_mut(&job.branch).expect("inserted");
         file.writer
-            .write_block(&batch, &header, &signature)
+            .write_block(&batch, &header, &signature, &chunk_roots)
             .map_err(EngineError::storage)?;
         file.first_segments.push(job.first_segment);
         let full = file.writer.rows() >= self.shared.cfg.file_rows;

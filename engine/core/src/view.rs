@@ -83,6 +83,9 @@ pub struct FileBlock {
     pub signature: [u8; 64],
     pub row_group: usize,
     pub tags: Option<annals_storage::tag_filter::TagFilter>,
+    /// Roots of the block's proof pieces (`annals_storage::block_file::PROOF_CHUNK_ROWS` rows
+    /// each); empty when the file does not record them.
+    pub chunk_roots: Vec<annals_format::hash::Hash>,
 }
 
 /// A finished block file: one branch, one schema, blocks in height order.
@@ -97,6 +100,8 @@ pub struct BlockFile {
     pub bytes: u64,
     /// The Parquet footer, parsed once.
     pub parquet: Arc<ParquetMetaData>,
+    /// The footer with its page index, loaded by the first proof of a row of this file.
+    pub page_index: OnceLock<parquet::arrow::arrow_reader::ArrowReaderMetadata>,
 }
 
 /// One shard's readable state.
@@ -190,6 +195,11 @@ impl BlockFile {
                 signature,
                 row_group: b.row_group as usize,
                 tags: b.tags.clone(),
+                chunk_roots: b
+                    .chunk_roots
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().expect("32 bytes"))
+                    .collect(),
             });
         }
         Ok(Self {
@@ -201,6 +211,7 @@ impl BlockFile {
             blocks,
             bytes: reader.bytes(),
             parquet: reader.metadata().clone(),
+            page_index: OnceLock::new(),
         })
     }
 }

@@ -68,6 +68,44 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
     }
 }
 
+/// The roots of consecutive `chunk`-leaf pieces of a tree (`chunk` a power of two; the last
+/// piece may be shorter). Every piece is a subtree of the RFC 9162 decomposition, so
+/// `root_of(&chunk_roots(l, c)) == root_of(l)`: a block stores these to prove one row from
+/// the rows of its piece alone (see [`Chunked`]).
+pub fn chunk_roots(leaf_hashes: &[Hash], chunk: usize) -> Vec<Hash> {
+    assert!(chunk.is_power_of_two(), "chunk must be a power of two");
+    leaf_hashes.chunks(chunk).map(root_of).collect()
+}
+
+/// A tree known by its [`chunk_roots`] plus the leaf hashes of one piece: enough for the
+/// inclusion path of any leaf of that piece.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked<'a> {
+    /// Leaves per piece (a power of two).
+    pub chunk: u64,
+    /// The root of every piece, in order.
+    pub roots: &'a [Hash],
+    /// Which piece `leaves` are.
+    pub piece: u64,
+    /// The leaf hashes of that piece.
+    pub leaves: &'a [Hash],
+}
+
+impl RangeHasher for Chunked<'_> {
+    fn range_hash(&mut self, start: u64, end: u64) -> Hash {
+        let first = self.piece * self.chunk;
+        if start >= first && end <= first + self.leaves.len() as u64 {
+            return root_of(&self.leaves[(start - first) as usize..(end - first) as usize]);
+        }
+        // A subtree outside the known piece is at least a piece long, so it is whole pieces
+        // (the last one possibly short): start is a multiple of `chunk`.
+        debug_assert_eq!(start % self.chunk, 0);
+        let lo = (start / self.chunk) as usize;
+        let hi = end.div_ceil(self.chunk) as usize;
+        root_of(&self.roots[lo..hi])
+    }
+}
+
 /// `MTH` over leaf data (hashes each leaf with the leaf domain first).
 pub fn root_of_data<D: AsRef<[u8]>>(leaves: &[D]) -> Hash {
     let hashes: Vec<Hash> = leaves
@@ -261,6 +299,33 @@ mod tests {
         (0..n)
             .map(|i| leaf_hash(&(i as u64).to_le_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn chunked_paths_equal_full_paths_for_every_leaf() {
+        for chunk in [1u64, 2, 4, 8] {
+            for n in 1..70u64 {
+                let l = leaves(n as usize);
+                let roots = chunk_roots(&l, chunk as usize);
+                assert_eq!(root_of(&roots), root_of(&l), "chunk {chunk} size {n}");
+                for i in 0..n {
+                    let piece = i / chunk;
+                    let lo = (piece * chunk) as usize;
+                    let hi = (lo + chunk as usize).min(n as usize);
+                    let mut c = Chunked {
+                        chunk,
+                        roots: &roots,
+                        piece,
+                        leaves: &l[lo..hi],
+                    };
+                    assert_eq!(
+                        inclusion_path(&mut c, i, n).unwrap(),
+                        inclusion_path(&mut LeafHashes(&l), i, n).unwrap(),
+                        "chunk {chunk} size {n} leaf {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

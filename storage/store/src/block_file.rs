@@ -24,10 +24,13 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{KeyValue, ParquetMetaData};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,13 @@ pub const META_BLOCKS: &str = "annals.blocks";
 pub const TMP_SUFFIX: &str = ".parquet.tmp";
 /// Suffix of a finished file.
 pub const FILE_SUFFIX: &str = ".parquet";
+/// Rows per proof piece: each block lists the Merkle roots of its consecutive pieces of this
+/// many rows ([`BlockEntry::chunk_roots`]), so the proof of one row reads and hashes the rows
+/// of its piece only, never the whole block.
+pub const PROOF_CHUNK_ROWS: usize = 256;
+/// Rows per Parquet data page: a proof's piece of rows lies in one page per column (pages
+/// start at multiples of this), and the page index lets the reader skip the others.
+pub const PAGE_ROWS: usize = 1024;
 
 /// Errors reading or writing block files.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +137,11 @@ pub struct BlockEntry {
     /// Which tag values the block holds (absent: unknown, every block may hold any value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<crate::tag_filter::TagFilter>,
+    /// The Merkle roots of the block's consecutive [`PROOF_CHUNK_ROWS`]-row pieces, 32 bytes
+    /// each, concatenated (hex in JSON); `rows_root` is their Merkle root. Empty: not recorded
+    /// (files written before it existed), proofs then read the whole block.
+    #[serde(default, with = "hex_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub chunk_roots: Vec<u8>,
 }
 
 mod hex_bytes {
@@ -160,9 +175,12 @@ impl std::fmt::Debug for BlockFileWriter {
     }
 }
 
-/// Writer settings: one row group per block, zstd, page statistics for pruning.
+/// Writer settings: one row group per block, zstd, page statistics for pruning, pages of
+/// [`PAGE_ROWS`] rows (with the offset index Parquet always writes, a reader can seek to them).
 fn writer_properties(block_rows_max: usize) -> WriterProperties {
     WriterProperties::builder()
+        .set_write_batch_size(PAGE_ROWS)
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
         ))
@@ -228,13 +246,20 @@ impl BlockFileWriter {
     }
 
     /// Appends one block as one row group. The batch must have this file's schema and exactly
-    /// `row_count` rows of the header.
+    /// `row_count` rows of the header; `chunk_roots` are the roots of its
+    /// [`PROOF_CHUNK_ROWS`]-row pieces (`annals_format::merkle::chunk_roots`), or empty.
     pub fn write_block(
         &mut self,
         batch: &RecordBatch,
         header: &BlockHeader,
         signature: &[u8; 64],
+        chunk_roots: &[annals_format::hash::Hash],
     ) -> Result<u32, BlockFileError> {
+        assert!(
+            chunk_roots.is_empty()
+                || chunk_roots.len() == (header.row_count as usize).div_ceil(PROOF_CHUNK_ROWS),
+            "one chunk root per piece"
+        );
         assert_eq!(
             batch.schema(),
             self.schema,
@@ -267,6 +292,7 @@ impl BlockFileWriter {
             signature: signature.to_vec(),
             row_group,
             tags: crate::tag_filter::TagFilter::of_batch(batch),
+            chunk_roots: chunk_roots.concat(),
         });
         self.rows += batch.num_rows() as u64;
         Ok(row_group)
@@ -383,6 +409,13 @@ impl BlockFileReader {
             }
             let h = BlockHeader::decode(&b.header)
                 .map_err(|e| corrupt(format!("block {i}: header: {e}")))?;
+            let pieces = (h.row_count as usize).div_ceil(PROOF_CHUNK_ROWS);
+            if !b.chunk_roots.is_empty() && b.chunk_roots.len() != pieces * 32 {
+                return Err(corrupt(format!(
+                    "block {i}: {} bytes of chunk roots for {pieces} pieces",
+                    b.chunk_roots.len()
+                )));
+            }
             let rows = meta.row_group(i).num_rows();
             if rows != h.row_count as i64 {
                 return Err(corrupt(format!(
@@ -458,6 +491,93 @@ impl BlockFileReader {
             }
         })
     }
+}
+
+/// The Parquet footer of a block file with its page index, which [`read_rows`] needs to seek
+/// to the pages of a few rows. Load once per file and keep it: the main footer parse
+/// ([`BlockFileReader::metadata`]) leaves the page index out to keep open files small.
+pub fn load_page_index(path: &Path) -> Result<ArrowReaderMetadata, BlockFileError> {
+    let file = File::open(path).map_err(|source| BlockFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    ArrowReaderMetadata::load(
+        &file,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .map_err(|source| BlockFileError::Parquet {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Rows `rows` of row group `row_group`, reading only the data pages that hold them.
+pub fn read_rows(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    row_group: usize,
+    rows: std::ops::Range<usize>,
+) -> Result<RecordBatch, BlockFileError> {
+    let perr = |source| BlockFileError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| BlockFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let total = meta
+        .metadata()
+        .row_groups()
+        .get(row_group)
+        .map(|g| g.num_rows() as usize)
+        .ok_or_else(|| BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("no row group {row_group}"),
+        })?;
+    if rows.start > rows.end || rows.end > total {
+        return Err(BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("rows {rows:?} of row group {row_group} with {total} rows"),
+        });
+    }
+    let mut selectors = vec![
+        RowSelector::skip(rows.start),
+        RowSelector::select(rows.len()),
+    ];
+    if rows.end < total {
+        selectors.push(RowSelector::skip(total - rows.end));
+    }
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+        .with_row_groups(vec![row_group])
+        .with_row_selection(RowSelection::from(selectors))
+        .with_batch_size(rows.len().max(1))
+        .build()
+        .map_err(perr)?;
+    let mut batches = Vec::new();
+    for b in reader {
+        batches.push(b.map_err(|e| BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?);
+    }
+    let schema = meta.schema().clone();
+    let batch =
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if batch.num_rows() != rows.len() {
+        return Err(BlockFileError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "read {} rows of row group {row_group}, wanted {}",
+                batch.num_rows(),
+                rows.len()
+            ),
+        });
+    }
+    Ok(batch)
 }
 
 /// The canonical row encodings of a block's rows, in order: what `rows_root` is computed over.
