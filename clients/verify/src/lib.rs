@@ -75,7 +75,7 @@ pub use hex::Hex;
 pub use merkle::{
     inclusion_root, leaf_hash, mth, node_hash, verify_consistency, verify_inclusion, PATH_LEN_MAX,
 };
-pub use proof::{verify_proof, Attested, Verified};
+pub use proof::{verify_proof, Attested, Verified, Verifier};
 pub use trust::{
     validators_hash, verify_signature, KeySignature, Quorum, Trust, TrustError, Validator,
     VALIDATORS_MAX,

@@ -5,8 +5,9 @@ use crate::document::{parse_document, read_row};
 use crate::encoding::{block_hash, checkpoint_hash, tx_id, Row};
 use crate::hex::Hex;
 use crate::merkle::{hash_parts, inclusion_root, leaf_hash, verify_inclusion, ATTESTATION};
-use crate::trust::{verify_signature, Trust};
+use crate::trust::{verify_signature, Quorum, Trust};
 use crate::{Hash, Step, VerifyError};
+use alloc::vec::Vec;
 
 /// What a valid proof proves.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,44 @@ fn fail<T>(step: Step, detail: alloc::string::String) -> Result<T, VerifyError> 
 /// [`Trust::structure_only`], `validators` and `quorum` are skipped and a missing
 /// `block.signature` is accepted (a present one is still checked).
 pub fn verify_proof(json: &[u8], trust: &Trust) -> Result<Verified, VerifyError> {
+    verify_with(json, trust, None)
+}
+
+/// Checkpoints a [`Verifier`] remembers as final.
+const FINAL_CHECKPOINTS_MAX: usize = 64;
+
+/// Verifies many proofs against one trust, remembering the checkpoints it has found final.
+///
+/// A checkpoint's hash covers its validator set, so once a quorum of trusted signatures over
+/// it has verified, every later proof under the same checkpoint needs only its own hashes and
+/// the block signature: the quorum is not checked again (the result reports the quorum that
+/// was checked). Every other step runs as in [`verify_proof`]. At most 64 checkpoints are
+/// remembered (the oldest is forgotten first). Structure-only trust remembers nothing.
+#[derive(Debug, Clone)]
+pub struct Verifier<'t> {
+    trust: &'t Trust,
+    finals: Vec<(Hash, Option<Quorum>)>,
+}
+
+impl<'t> Verifier<'t> {
+    pub fn new(trust: &'t Trust) -> Self {
+        Verifier {
+            trust,
+            finals: Vec::new(),
+        }
+    }
+
+    /// [`verify_proof`], skipping the quorum of a checkpoint already found final.
+    pub fn verify_proof(&mut self, json: &[u8]) -> Result<Verified, VerifyError> {
+        verify_with(json, self.trust, Some(&mut self.finals))
+    }
+}
+
+fn verify_with(
+    json: &[u8],
+    trust: &Trust,
+    finals: Option<&mut Vec<(Hash, Option<Quorum>)>>,
+) -> Result<Verified, VerifyError> {
     let d = parse_document(json)?;
 
     // row_encoding: the stated row is exactly the bytes the ledger hashed.
@@ -238,7 +277,20 @@ pub fn verify_proof(json: &[u8], trust: &Trust) -> Result<Verified, VerifyError>
 
     // validators, quorum
     let ch = checkpoint_hash(&d.checkpoint_bytes);
-    let quorum = check_trust(c, &ch, &d.signatures, trust)?;
+    let quorum = match finals {
+        Some(finals) if !trust.is_structure_only() => match finals.iter().find(|(h, _)| *h == ch) {
+            Some((_, q)) => q.clone(),
+            None => {
+                let q = check_trust(c, &ch, &d.signatures, trust)?;
+                if finals.len() >= FINAL_CHECKPOINTS_MAX {
+                    finals.remove(0);
+                }
+                finals.push((ch, q.clone()));
+                q
+            }
+        },
+        _ => check_trust(c, &ch, &d.signatures, trust)?,
+    };
 
     // attestation: a device signed a batch whose tree holds this row.
     let attestation = match &d.attestation {

@@ -1,6 +1,8 @@
 //! Signed proofs built by the test-side ledger (`support`): every row verifies, quorum edges,
 //! trust mistakes, every single-bit change, checkpoints on their own, consistency paths.
 
+extern crate alloc;
+
 mod support;
 
 use annals_verify::*;
@@ -381,4 +383,46 @@ fn inclusion_and_consistency_for_all_sizes_to_64() {
             ));
         }
     }
+}
+
+/// A `Verifier` checks a checkpoint's quorum once; every other step still runs per proof.
+#[test]
+fn a_verifier_remembers_final_checkpoints_only() {
+    let fx = Fixture::new(&[1, 1, 1]);
+    let trust = fx.trust();
+    let mut v = Verifier::new(&trust);
+    // Not final (2 of 3 signers): refused, and not remembered.
+    let weak = fx.proof(1, 0, 1, &[0, 1]);
+    assert_eq!(
+        v.verify_proof(weak.to_json().as_bytes())
+            .unwrap_err()
+            .step(),
+        Step::Quorum
+    );
+    assert_eq!(
+        v.verify_proof(weak.to_json().as_bytes())
+            .unwrap_err()
+            .step(),
+        Step::Quorum
+    );
+    // Final: remembered; another row under the same checkpoint needs no signatures of it.
+    let good = fx.proof(1, 0, 1, &[0, 1, 2]);
+    let first = v.verify_proof(good.to_json().as_bytes()).unwrap();
+    assert!(first.is_final());
+    let mut other = fx.proof(0, 0, 0, &[0, 1, 2]);
+    other.sigs.clear();
+    let again = v.verify_proof(other.to_json().as_bytes()).unwrap();
+    assert_eq!(again.checkpoint.quorum, first.checkpoint.quorum);
+    assert_eq!(
+        verify(&other, &trust).unwrap_err().step(),
+        Step::Quorum,
+        "without the verifier's memory the quorum is missing"
+    );
+    // Every other step still runs.
+    let mut bad = fx.proof(0, 0, 0, &[0, 1, 2]);
+    bad.row_hex[3] ^= 1;
+    assert_eq!(
+        v.verify_proof(bad.to_json().as_bytes()).unwrap_err().step(),
+        Step::RowEncoding
+    );
 }

@@ -3,84 +3,23 @@
 
 extern crate alloc;
 
-// The vectors are read with the crate's own strict JSON reader (compiled into this test), so
-// no JSON crate joins the workspace's dependency graph for this test.
-#[path = "../src/json.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod json;
 mod support;
 
 use annals_verify::*;
-use json::Value as J;
+use support::doc_json::{arr, g, h, hashes, num, s, trow, J};
 use support::tamper::{check_all, mutations, Expect};
-use support::{col, Doc, TRow, KS, V};
+use support::V;
 
 fn vectors() -> J {
     let dir = std::env::var("ANNALS_SHARED_DIR")
         .unwrap_or_else(|_| format!("{}/../../../shared", env!("CARGO_MANIFEST_DIR")));
     let path = format!("{dir}/vectors/format-v1.json");
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    json::parse(&text).unwrap()
-}
-
-fn s(v: &J) -> &str {
-    match v {
-        J::String(s) => s,
-        other => panic!("expected a string, found {other:?}"),
-    }
-}
-
-fn num<T: std::str::FromStr>(v: &J) -> T {
-    match v {
-        J::Number(n) => n.parse().unwrap_or_else(|_| panic!("bad number {n}")),
-        other => panic!("expected a number, found {other:?}"),
-    }
-}
-
-fn arr(v: &J) -> &[J] {
-    match v {
-        J::Array(a) => a,
-        other => panic!("expected an array, found {other:?}"),
-    }
-}
-
-fn g<'a>(v: &'a J, k: &str) -> &'a J {
-    v.get(k).unwrap_or_else(|| panic!("no {k}"))
-}
-
-fn h(v: &J) -> Hash {
-    support::unhex32(s(v))
+    support::doc_json::parse(&text).unwrap()
 }
 
 fn leaves(v: &J) -> Vec<Vec<u8>> {
     arr(v).iter().map(|x| support::unhex(s(x))).collect()
-}
-
-fn hashes(v: &J) -> Vec<Hash> {
-    arr(v).iter().map(h).collect()
-}
-
-fn trow(r: &J) -> TRow {
-    TRow {
-        table: s(g(r, "table")).into(),
-        time: num(g(r, "time")),
-        cols: arr(g(r, "columns"))
-            .iter()
-            .map(|c| {
-                let v = g(c, "value");
-                let v = match s(g(c, "kind")) {
-                    "tag" => V::Tag(s(v).into()),
-                    "string" => V::Str(s(v).into()),
-                    "f64" => V::F64(num(v)),
-                    "i64" => V::I64(num(v)),
-                    "u64" => V::U64(num(v)),
-                    "bool" => V::Bool(*v == J::Bool(true)),
-                    k => panic!("kind {k}"),
-                };
-                col(s(g(c, "name")), v)
-            })
-            .collect(),
-    }
 }
 
 /// The crate's public `Row` for a vector row (columns sorted as FORMAT.md requires).
@@ -106,36 +45,6 @@ fn row(r: &J) -> Row {
         table: t.table,
         time: t.time,
         columns,
-    }
-}
-
-fn ks(v: &J) -> KS {
-    KS {
-        key: h(g(v, "key")),
-        sig: support::unhex(s(g(v, "sig"))),
-    }
-}
-
-fn vector_doc(p: &J) -> Doc {
-    let b = g(p, "block");
-    let c = g(p, "checkpoint");
-    Doc {
-        format: s(g(p, "format")).into(),
-        row: trow(g(p, "row")),
-        row_hex: support::unhex(s(g(p, "row_hex"))),
-        tx_id: support::unhex(s(g(p, "tx_id"))),
-        header: support::unhex(s(g(b, "header_hex"))),
-        index: num(g(b, "index")),
-        block_path: hashes(g(b, "path")),
-        block_sig: b.get("signature").map(ks),
-        branch_size: num(g(g(p, "branch"), "size")),
-        branch_path: hashes(g(g(p, "branch"), "path")),
-        cp_header: support::unhex(s(g(c, "header_hex"))),
-        entry: support::unhex(s(g(c, "entry_hex"))),
-        entry_index: num(g(c, "entry_index")),
-        cp_path: hashes(g(c, "path")),
-        sigs: arr(g(c, "signatures")).iter().map(ks).collect(),
-        att: None,
     }
 }
 
@@ -263,9 +172,12 @@ fn checkpoint_vector() {
 fn proof_vector_verifies_structurally() {
     let v = vectors();
     let p = g(&v, "proof");
-    let doc = vector_doc(p);
+    let doc = support::doc_json::doc(p);
     // Our writer reproduces the document field for field.
-    assert_eq!(json::parse(doc.to_json().as_bytes()).unwrap(), *p);
+    assert_eq!(
+        support::doc_json::parse(doc.to_json().as_bytes()).unwrap(),
+        *p
+    );
     let ok = verify_proof(doc.to_json().as_bytes(), &Trust::structure_only()).unwrap();
     assert_eq!(ok.row, row(g(&arr(g(&v, "rows"))[0], "row")));
     assert_eq!(ok.tx_id, h(g(p, "tx_id")));
@@ -303,7 +215,7 @@ fn proof_vector_verifies_structurally() {
 #[test]
 fn proof_vector_every_bit_change() {
     let v = vectors();
-    let doc = vector_doc(g(&v, "proof"));
+    let doc = support::doc_json::doc(g(&v, "proof"));
     let n = check_all(&doc, &Trust::structure_only());
     assert!(n > 5000, "{n} mutations");
     // Structure-only mode cannot tell a re-signed checkpoint: exactly the checkpoint's epoch,
@@ -323,7 +235,7 @@ fn proof_vector_every_bit_change() {
 #[test]
 fn proof_vector_every_truncation_and_junk() {
     let v = vectors();
-    let text = vector_doc(g(&v, "proof")).to_json();
+    let text = support::doc_json::doc(g(&v, "proof")).to_json();
     for end in 0..text.len() {
         let e = verify_proof(&text.as_bytes()[..end], &Trust::structure_only()).unwrap_err();
         assert_eq!(e.step(), Step::Parse, "prefix of {end} bytes: {e}");
@@ -342,8 +254,8 @@ fn proof_vector_every_truncation_and_junk() {
         text.replacen("{\"format\"", "{\"extra\":1,\"format\"", 1),
         text.replacen("\"format\"", "\"tx_id\":\"00\",\"format\"", 1),
         text.replacen(
-            &support::hex(&vector_doc(g(&v, "proof")).tx_id),
-            &support::hex(&vector_doc(g(&v, "proof")).tx_id).to_uppercase(),
+            &support::hex(&support::doc_json::doc(g(&v, "proof")).tx_id),
+            &support::hex(&support::doc_json::doc(g(&v, "proof")).tx_id).to_uppercase(),
             1,
         ),
     ] {

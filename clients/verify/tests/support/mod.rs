@@ -6,6 +6,7 @@
 
 use ed25519_dalek::{Signer, SigningKey};
 
+pub mod doc_json;
 pub mod tamper;
 
 pub type H = [u8; 32];
