@@ -5,6 +5,8 @@
 //! the ledger API `/api/v3/ledger/...` (proofs, checkpoints, consistency; see [`ledger`]),
 //! tables' JSON-LD contexts (`/api/v3/tables/{db}/{table}/context`, `/api/v3/contexts/{hash}`;
 //! see [`context`]; `format=jsonld` query results in [`jsonld`]),
+//! the device registry and table attestation policies (`/api/v3/devices`,
+//! `/api/v3/tables/{db}/{table}/policy`; signed writes and their headers: see [`devices`]),
 //! `/health`, `/ping` and `/metrics`. A handler parses and prepares its request on its own task
 //! (so connections parse in parallel), queues it on the engine and answers once every row is
 //! durable: 204, or 200 with a receipt when asked.
@@ -15,7 +17,10 @@
 //!
 //! Status codes: 204 written; 200 written with receipt; 400 malformed (JSON error with `line`);
 //! 413 body too large; 422 a column's type conflicts with the table; 503 overloaded (with
-//! `Retry-After`) or shutting down; 500 a storage failure.
+//! `Retry-After`) or shutting down; 500 a storage failure. Signed writes add 401 (bad device
+//! signature), 403 (unknown or revoked device, or an unsigned write to a table that requires
+//! attestation), 409 (sequence number replayed or out of window) and 429 (too many bad
+//! signatures, with `Retry-After`).
 
 pub mod context;
 pub mod devices;
