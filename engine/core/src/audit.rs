@@ -236,6 +236,22 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                                 &at,
                                 format!("rows do not hash to rows_root of block {}", header.height),
                             );
+                        } else if !b.chunk_roots.is_empty()
+                            && b.chunk_roots
+                                != annals_format::merkle::chunk_roots(
+                                    &leaves,
+                                    annals_storage::block_file::PROOF_CHUNK_ROWS,
+                                )
+                                .concat()
+                        {
+                            // Proofs trust these to skip the other rows of the block.
+                            r.problem(
+                                &at,
+                                format!(
+                                    "stored proof piece roots of block {} differ from its rows",
+                                    header.height
+                                ),
+                            );
                         }
                         let (tmin, tmax) = rows
                             .iter()

@@ -31,11 +31,11 @@ use annals_format::block::{tx_id, BlockHeader, BranchId};
 use annals_format::checkpoint::BranchEntry;
 use annals_format::hash::{hash_from_hex, leaf_hash, node_hash, to_hex, Hash};
 use annals_format::merkle::{
-    inclusion_path, root_of, verify_consistency, verify_inclusion, LeafHashes, RangeHasher,
+    inclusion_path, root_of, verify_consistency, verify_inclusion, Chunked, LeafHashes, RangeHasher,
 };
 use annals_format::row::{decode_row, encode_row, ColumnRef, Kind, ValueRef};
 use annals_format::CheckpointHeader;
-use annals_storage::block_file::row_encodings;
+use annals_storage::block_file::{load_page_index, read_rows, row_encodings, PROOF_CHUNK_ROWS};
 use annals_storage::branch_log::{stored_hash_count, stored_hash_index, TREE_FILE};
 use annals_storage::checkpoint_log::CheckpointRecord;
 use arrow::record_batch::RecordBatch;
@@ -704,6 +704,51 @@ pub(crate) fn read_block(
     Ok(Some(BlockRowsRead { sealed, encodings }))
 }
 
+/// The rows of the proof piece holding row `index` of a block in a finished file that records
+/// its piece roots: the read, the piece's first row, and the roots of all pieces. `None` when
+/// the block is in memory or its file has no piece roots.
+#[allow(clippy::type_complexity)]
+fn read_piece(
+    snap: &Snapshot,
+    branch: &BranchId,
+    height: u64,
+    index: u32,
+) -> Result<Option<(BlockRowsRead, u32, Vec<Hash>)>, ProofError> {
+    let Some(Source::File(file, i)) = find_block(snap, branch, height) else {
+        return Ok(None);
+    };
+    let b = &file.blocks[i];
+    if b.chunk_roots.is_empty() {
+        return Ok(None);
+    }
+    let rows = b.header.row_count as usize;
+    if index as usize >= rows {
+        return Err(ProofError::NotFound(format!(
+            "block {height} of branch {} has {rows} rows; there is no index {index}",
+            to_hex(branch)
+        )));
+    }
+    let first = index as usize / PROOF_CHUNK_ROWS * PROOF_CHUNK_ROWS;
+    let end = (first + PROOF_CHUNK_ROWS).min(rows);
+    let io = |e: String| ProofError::Io(format!("{}: {e}", file.path.display()));
+    let meta = match file.page_index.get() {
+        Some(m) => m,
+        None => {
+            let m = load_page_index(&file.path).map_err(|e| io(e.to_string()))?;
+            file.page_index.get_or_init(|| m)
+        }
+    };
+    let batch =
+        read_rows(&file.path, meta, b.row_group, first..end).map_err(|e| io(e.to_string()))?;
+    let encodings = row_encodings(&file.table, &batch)
+        .map_err(|e| ProofError::Corrupt(format!("block {height} of {}: {e}", to_hex(branch))))?;
+    let read = BlockRowsRead {
+        sealed: Some((b.header.clone(), b.signature)),
+        encodings,
+    };
+    Ok(Some((read, first as u32, b.chunk_roots.clone())))
+}
+
 /// The parts shared by the proofs of every row of one block: header, leaf hashes, and the
 /// branch and checkpoint paths. Build once, then [`BlockProofs::proof`] per row.
 #[derive(Debug)]
@@ -717,6 +762,9 @@ pub struct BlockProofs {
     checkpoint: Arc<CheckpointRecord>,
     entry_index: usize,
     entry_path: Vec<Hash>,
+    /// Set when only one proof piece of the block was read (`encodings` and `leaves` are
+    /// that piece's): its first row and the roots of every piece of the block.
+    piece: Option<(u32, Vec<Hash>)>,
     /// For the attestations of the block's rows: the snapshot (other blocks of a batch) and
     /// the leaf hashes of batches already assembled.
     snap: Snapshot,
@@ -737,6 +785,46 @@ impl BlockProofs {
         let where_ = || format!("block {height} of branch {}", to_hex(branch));
         let read = read_block(snap, branch, height)?
             .ok_or_else(|| ProofError::NotFound(format!("{} does not exist", where_())))?;
+        Self::from_read(engine, snap, checkpoint, branch, height, read, None)
+    }
+
+    /// Like [`BlockProofs::open`] for the proof of row `index` only: when the block is in a
+    /// finished file that records its proof pieces, reads and hashes the rows of the piece
+    /// holding `index` (`PROOF_CHUNK_ROWS` rows) instead of the whole block. `None` when it
+    /// cannot (block in memory, or a file without piece roots): use [`BlockProofs::open`].
+    pub fn open_piece(
+        engine: &Engine,
+        snap: &Snapshot,
+        checkpoint: Option<Arc<CheckpointRecord>>,
+        branch: &BranchId,
+        height: u64,
+        index: u32,
+    ) -> Result<Option<BlockProofs>, ProofError> {
+        let Some((read, first, roots)) = read_piece(snap, branch, height, index)? else {
+            return Ok(None);
+        };
+        Self::from_read(
+            engine,
+            snap,
+            checkpoint,
+            branch,
+            height,
+            read,
+            Some((first, roots)),
+        )
+        .map(Some)
+    }
+
+    fn from_read(
+        engine: &Engine,
+        snap: &Snapshot,
+        checkpoint: Option<Arc<CheckpointRecord>>,
+        branch: &BranchId,
+        height: u64,
+        read: BlockRowsRead,
+        piece: Option<(u32, Vec<Hash>)>,
+    ) -> Result<BlockProofs, ProofError> {
+        let where_ = || format!("block {height} of branch {}", to_hex(branch));
         let Some((header, sig)) = read.sealed else {
             return Err(ProofError::NotSealed(format!(
                 "{} is still open: it gets a header when it is sealed (--block-rows / --block-age), then a checkpoint",
@@ -770,7 +858,21 @@ impl BlockProofs {
                 where_()
             )));
         }
-        if leaves.len() != header.row_count as usize || root_of(&leaves) != header.rows_root {
+        let hashes_to_header = match &piece {
+            None => {
+                leaves.len() == header.row_count as usize && root_of(&leaves) == header.rows_root
+            }
+            // The piece's rows hash to its stored root, and the stored roots to rows_root.
+            Some((first, roots)) => {
+                let c = *first as usize / PROOF_CHUNK_ROWS;
+                let len = (header.row_count as usize - *first as usize).min(PROOF_CHUNK_ROWS);
+                roots.len() == (header.row_count as usize).div_ceil(PROOF_CHUNK_ROWS)
+                    && leaves.len() == len
+                    && root_of(&leaves) == roots[c]
+                    && root_of(roots) == header.rows_root
+            }
+        };
+        if !hashes_to_header {
             return Err(ProofError::Corrupt(format!(
                 "{}: {} stored rows do not hash to the header's rows_root ({} rows)",
                 where_(),
@@ -815,6 +917,7 @@ impl BlockProofs {
             checkpoint,
             entry_index,
             entry_path,
+            piece,
             snap: snap.clone(),
             attest: engine.attestations().clone(),
             batches: Default::default(),
@@ -827,13 +930,18 @@ impl BlockProofs {
 
     /// The `tx_id` of the row at `index`.
     pub fn tx_id(&self, index: u32) -> Option<Hash> {
-        let leaf = self.leaves.get(index as usize)?;
+        let first = self.piece.as_ref().map_or(0, |p| p.0);
+        let leaf = self.leaves.get(index.checked_sub(first)? as usize)?;
         Some(tx_id(&self.header.branch, self.header.height, index, leaf))
     }
 
     /// The proof of the row at `index`, verified before it is returned.
     pub fn proof(&self, index: u32) -> Result<Proof, ProofError> {
-        let row = self.encodings.get(index as usize).ok_or_else(|| {
+        let first = self.piece.as_ref().map_or(0, |p| p.0);
+        let row = index
+            .checked_sub(first)
+            .and_then(|i| self.encodings.get(i as usize));
+        let row = row.ok_or_else(|| {
             ProofError::NotFound(format!(
                 "block {} of branch {} has {} rows; there is no index {index}",
                 self.header.height,
@@ -848,11 +956,23 @@ impl BlockProofs {
             tx_id: self.tx_id(index).expect("index checked"),
             block_header: self.header_bytes.clone(),
             block_index: index,
-            block_path: inclusion_path(
-                &mut LeafHashes(&self.leaves),
-                u64::from(index),
-                self.leaves.len() as u64,
-            )
+            block_path: match &self.piece {
+                None => inclusion_path(
+                    &mut LeafHashes(&self.leaves),
+                    u64::from(index),
+                    self.leaves.len() as u64,
+                ),
+                Some((first, roots)) => inclusion_path(
+                    &mut Chunked {
+                        chunk: PROOF_CHUNK_ROWS as u64,
+                        roots,
+                        piece: u64::from(*first) / PROOF_CHUNK_ROWS as u64,
+                        leaves: &self.leaves,
+                    },
+                    u64::from(index),
+                    u64::from(self.header.row_count),
+                ),
+            }
             .expect("index checked"),
             block_signature: self.signature,
             branch_size: cp.entries[self.entry_index].size,
@@ -892,7 +1012,25 @@ pub fn build(engine: &Engine, loc: &RowLocation) -> Result<Proof, ProofError> {
     // Checkpoint first, then the snapshot: every block it covers is in the snapshot, sealed.
     let cp = engine.latest_checkpoint().map(Arc::new);
     let snap = engine.snapshot();
-    BlockProofs::open(engine, &snap, cp, &loc.branch, loc.height)?.proof(loc.index)
+    open_for_row(engine, &snap, cp, &loc.branch, loc.height, loc.index)?.proof(loc.index)
+}
+
+/// What the proof of one row needs: the row's piece when the block records its pieces and the
+/// row is not attested (an attestation needs the leaves of its whole batch), else the block.
+fn open_for_row(
+    engine: &Engine,
+    snap: &Snapshot,
+    cp: Option<Arc<CheckpointRecord>>,
+    branch: &BranchId,
+    height: u64,
+    index: u32,
+) -> Result<BlockProofs, ProofError> {
+    if engine.attestations().find(branch, height, index).is_none() {
+        if let Some(b) = BlockProofs::open_piece(engine, snap, cp.clone(), branch, height, index)? {
+            return Ok(b);
+        }
+    }
+    BlockProofs::open(engine, snap, cp, branch, height)
 }
 
 /// Finds the row whose `tx_id` is `id`.
@@ -966,7 +1104,7 @@ pub fn prove_tx(engine: &Engine, id: &Hash, hint: &LocationHint) -> Result<Proof
     if let (Some(branch), Some(height), Some(index)) = (hint.branch, hint.height, hint.index) {
         let cp = engine.latest_checkpoint().map(Arc::new);
         let snap = engine.snapshot();
-        match BlockProofs::open(engine, &snap, cp, &branch, height) {
+        match open_for_row(engine, &snap, cp, &branch, height, index) {
             Ok(b) if b.tx_id(index) == Some(*id) => return b.proof(index),
             Ok(_) => {
                 return Err(ProofError::NotFound(format!(

@@ -601,3 +601,112 @@ fn consistency_paths_between_checkpoints_verify() {
         Err(ProofError::NotFound(_))
     ));
 }
+
+/// Blocks longer than a proof piece: a row's proof reads only its piece, and is the very
+/// document the whole-block path builds, for rows of every piece including a short last one.
+/// A stored piece root changed on disk is caught by the proof and by the audit.
+#[test]
+fn proofs_of_rows_of_large_blocks_read_one_piece() {
+    use annals_engine::proof::BlockProofs;
+    use annals_storage::block_file::PROOF_CHUNK_ROWS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let block_rows = 3 * PROOF_CHUNK_ROWS + 37;
+    let mut cfg = config(dir.path(), 1, block_rows);
+    cfg.file_rows = (block_rows * 2) as u64;
+    let engine = open(cfg.clone());
+    let pts: Vec<Point> = (0..block_rows * 2 + 100)
+        .map(|i| {
+            Point::new("temp")
+                .tag("host", &format!("h{}", i % 7))
+                .field("celsius", Val::F64(i as f64 / 8.0))
+                .field("n", Val::I64(i as i64))
+                .at(1_700_000_000_000_000_000 + i as i64)
+        })
+        .collect();
+    let es = write(&engine, &pts);
+    engine.flush().expect("a checkpoint");
+    let snap = engine.snapshot();
+    let in_files: BTreeSet<([u8; 16], u64)> = snap
+        .files()
+        .flat_map(|f| f.blocks.iter().map(move |b| (f.branch, b.header.height)))
+        .collect();
+    assert!(in_files.len() >= 2, "the test needs finished files");
+    assert!(snap
+        .files()
+        .all(|f| f.blocks.iter().all(
+            |b| b.chunk_roots.len() == (b.header.row_count as usize).div_ceil(PROOF_CHUNK_ROWS)
+        )));
+    let cp = engine.latest_checkpoint().map(std::sync::Arc::new);
+    let mut checked = 0;
+    for (p, e) in pts.iter().zip(&es) {
+        let key = (branch_of(e), e.height);
+        if !in_files.contains(&key) || (e.index % 23 != 0 && e.index as usize + 1 != block_rows) {
+            continue;
+        }
+        let piece = BlockProofs::open_piece(&engine, &snap, cp.clone(), &key.0, key.1, e.index)
+            .unwrap()
+            .expect("a file block with piece roots");
+        let whole = BlockProofs::open(&engine, &snap, cp.clone(), &key.0, key.1).unwrap();
+        assert_eq!(piece.tx_id(e.index), whole.tx_id(e.index));
+        let pr = piece.proof(e.index).unwrap();
+        assert_eq!(pr, whole.proof(e.index).unwrap(), "row {}", e.index);
+        verify_document(
+            &serde_json::to_string(&pr.to_json()).unwrap(),
+            &p.encoding(),
+            e,
+            &engine.public_key(),
+        );
+        // A row outside the piece read is not answered from it.
+        let other = (e.index as usize + PROOF_CHUNK_ROWS) % block_rows;
+        assert!(
+            piece.proof(other as u32).is_err()
+                || other / PROOF_CHUNK_ROWS == e.index as usize / PROOF_CHUNK_ROWS
+        );
+        checked += 1;
+    }
+    assert!(checked > 40, "{checked}");
+    engine.shutdown();
+    drop(engine);
+
+    // Change one hex digit of a stored piece root (same length: the file still opens).
+    let file = block_files(dir.path())
+        .into_iter()
+        .next()
+        .expect("a block file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(15)
+        .position(|w| w == b"\"chunk_roots\":\"")
+        .expect("piece roots in the footer")
+        + 15
+        + 70;
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&file, &bytes).unwrap();
+    let report = annals_engine::audit::audit(dir.path()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("piece roots")),
+        "{report:?}"
+    );
+    let engine = open(cfg);
+    let snap = engine.snapshot();
+    let f = snap
+        .files()
+        .find(|f| f.path == file)
+        .expect("the file is served");
+    let b = &f.blocks[0];
+    match proof::build(
+        &engine,
+        &RowLocation {
+            branch: f.branch,
+            height: b.header.height,
+            index: 0,
+        },
+    ) {
+        Err(ProofError::Corrupt(m)) => assert!(m.contains("rows_root"), "{m}"),
+        other => panic!("a changed piece root must be refused: {other:?}"),
+    }
+}
