@@ -82,7 +82,11 @@ fn assemble(
     let mut out = Vec::with_capacity(rec.batch_size as usize);
     for run in &rec.runs {
         let range = run.first_index as usize..(run.first_index as usize + run.count as usize);
-        let hashes: &[Hash] = if run.branch == header.branch && run.height == header.height {
+        // The proof's own block, when its leaves are the whole block (not one proof piece).
+        let own = run.branch == header.branch
+            && run.height == header.height
+            && leaves.len() == header.row_count as usize;
+        let hashes: &[Hash] = if own {
             leaves
         } else {
             let k = (run.branch, run.height);
