@@ -3,8 +3,9 @@
 //! bad-signature limiter, and proofs carrying the attestation, checked with `annals-verify`,
 //! before and after a kill -9.
 
+mod common;
+
 use std::io::Read;
-use std::time::Duration;
 
 use annals_format::hash::{hash_from_hex, hash_parts, leaf_hash, Domain, Hash};
 use annals_format::merkle::root_of;
@@ -12,32 +13,10 @@ use annals_format::row::{encode_row, ColumnRef, ValueRef};
 use annals_format::sign::SigningKey;
 use annals_tests::Server;
 use annals_verify::{verify_proof, Step, Trust, Validator};
+use common::{agent, BIN};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_annals");
-
-/// Two shards and blocks of 4 rows, so a batch spans branches and blocks; nothing is sealed or
-/// checkpointed unless a test flushes.
-const FLAGS: &[&str] = &[
-    "--shards",
-    "2",
-    "--block-rows",
-    "4",
-    "--block-age",
-    "1h",
-    "--file-rows",
-    "8",
-    "--file-age",
-    "1h",
-    "--checkpoint-interval",
-    "1h",
-];
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(90))
-        .build()
-}
+const FLAGS: &[&str] = &common::manual_flags("2");
 
 /// Status, headers of interest and body.
 fn call(req: ureq::Request, body: Option<&str>) -> (u16, Option<String>, String) {

@@ -6,46 +6,27 @@
 //! (`python3 -m pip install pyld`); without it the test fails and says so. `PYTHON` names
 //! another interpreter.
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use annals_engine::jsonld::{context_hash, default_context};
 use annals_format::block::BlockHeader;
 use annals_format::hash::to_hex;
 use annals_tests::Server;
+use common::{agent, start, BIN};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_annals");
 const INSTALL_HINT: &str = "python3 -m pip install pyld";
 
-/// Blocks of 4 rows; nothing sealed by age, no checkpoint by itself: tests flush.
-const FLAGS: &[&str] = &[
-    "--shards",
-    "1",
-    "--block-rows",
-    "4",
-    "--block-age",
-    "1h",
-    "--file-rows",
-    "8",
-    "--file-age",
-    "1h",
-    "--checkpoint-interval",
-    "1h",
-];
+const FLAGS: &[&str] = &common::manual_flags("1");
 
 const CTX_A: &str = r#"{"@context": {"sosa": "http://www.w3.org/ns/sosa/", "xsd": "http://www.w3.org/2001/XMLSchema#", "Observation": "sosa:Observation", "time": {"@id": "sosa:resultTime", "@type": "xsd:dateTime"}, "sensor": {"@id": "sosa:madeBySensor", "@type": "@id"}, "property": {"@id": "sosa:observedProperty", "@type": "@id"}, "result": "sosa:hasSimpleResult", "tx_id": "urn:annals:txId", "table": "urn:example:table"}}
 "#;
 const CTX_B: &str =
     r#"{"@context": ["https://example.org/other", {"result": "urn:example:value"}]}"#;
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(90))
-        .build()
-}
 
 /// Status, headers we look at (content-type, annals-context-hash) and body.
 struct Answer {
@@ -108,23 +89,9 @@ fn query(s: &Server, q: &str, format: &str) -> Answer {
     )
 }
 
-fn start(flags: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(BIN.as_ref(), &dir.path().join("data"), flags).unwrap();
-    (dir, s)
-}
-
 /// Writes lines to db `fleet`; the receipt's tx_ids in line order.
 fn write(s: &Server, lines: &str) -> Vec<String> {
-    let r = agent()
-        .post(&s.url("/api/v3/write_lp?db=fleet&receipt=true"))
-        .send_string(lines)
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.into_json().unwrap();
-    v["entries"]
-        .as_array()
-        .unwrap()
+    common::write_receipt(s, lines)
         .iter()
         .map(|e| e["tx_id"].as_str().unwrap().to_string())
         .collect()

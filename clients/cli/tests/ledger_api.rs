@@ -2,6 +2,8 @@
 //! the real binary. Every proof, checkpoint and consistency path is checked here with
 //! `annals-format` code, as an auditor holding only FORMAT.md would.
 
+mod common;
+
 use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,32 +13,10 @@ use annals_format::checkpoint::{branches_root, BranchEntry, CheckpointHeader};
 use annals_format::hash::{hash_from_hex, leaf_hash, to_hex, Hash};
 use annals_format::merkle::{verify_consistency, verify_inclusion};
 use annals_tests::Server;
+use common::{agent, start, write_receipt as write, BIN};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_annals");
-
-/// Blocks of 4 rows; nothing is sealed by age and no checkpoint comes by itself, so tests
-/// decide with `/api/v3/flush`.
-const FLAGS: &[&str] = &[
-    "--shards",
-    "1",
-    "--block-rows",
-    "4",
-    "--block-age",
-    "1h",
-    "--file-rows",
-    "8",
-    "--file-age",
-    "1h",
-    "--checkpoint-interval",
-    "1h",
-];
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(90))
-        .build()
-}
+const FLAGS: &[&str] = &common::manual_flags("1");
 
 /// Status and JSON body (error statuses included).
 fn get(s: &Server, path: &str) -> (u16, Value) {
@@ -50,23 +30,6 @@ fn get(s: &Server, path: &str) -> (u16, Value) {
     r.into_reader().read_to_string(&mut body).unwrap();
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     (status, v)
-}
-
-fn start(flags: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(BIN.as_ref(), &dir.path().join("data"), flags).unwrap();
-    (dir, s)
-}
-
-/// Writes lines to db `fleet` and returns the receipt's entries, in line order.
-fn write(s: &Server, lines: &str) -> Vec<Value> {
-    let r = agent()
-        .post(&s.url("/api/v3/write_lp?db=fleet&receipt=true"))
-        .send_string(lines)
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.into_json().unwrap();
-    v["entries"].as_array().unwrap().clone()
 }
 
 fn flush(s: &Server) -> u64 {
