@@ -12,9 +12,7 @@ extern crate alloc;
 
 mod support;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use annals_engine::proof::{self, BlockProofs, LocationHint, RowLocation};
@@ -27,26 +25,6 @@ use rand::{Rng, SeedableRng};
 use support::tamper::check_all;
 
 const DB: &str = "fleet";
-
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
 
 /// A row the test wrote, with its place in the ledger from the receipt.
 #[derive(Debug, Clone)]
@@ -115,7 +93,7 @@ fn write(engine: &Engine, body: &str) -> Vec<Written> {
             }
         }
     };
-    let out = block_on(pending.wait()).expect("write accepted");
+    let out = futures_executor::block_on(pending.wait()).expect("write accepted");
     let r = out.receipt(ReceiptForm::Full);
     r["entries"]
         .as_array()
