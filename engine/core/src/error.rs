@@ -53,6 +53,18 @@ pub enum WriteError {
     /// A column's kind disagrees with the table's schema or with another line of the request.
     #[error("line {line}: {source}")]
     Conflict { line: usize, source: SchemaError },
+    /// An Arrow record batch breaks an ingest rule; `row` is the 0-based row of the batch
+    /// when one row is to blame, `column` the column when one is.
+    #[error("{}", batch_message(*.row, .column.as_deref(), .message))]
+    Batch {
+        row: Option<usize>,
+        column: Option<String>,
+        message: String,
+    },
+    /// A column of an Arrow record batch disagrees with the table's schema; `row` is the
+    /// 0-based first row of the batch with a value in that column.
+    #[error("row {row}: {source}")]
+    BatchConflict { row: usize, source: SchemaError },
     #[error("invalid database name {0:?}: use 1-64 characters of A-Z a-z 0-9 _ -")]
     Database(String),
     #[error("request has no lines to write")]
@@ -62,4 +74,13 @@ pub enum WriteError {
     Overloaded,
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+fn batch_message(row: Option<usize>, column: Option<&str>, message: &str) -> String {
+    match (row, column) {
+        (Some(r), Some(c)) => format!("row {r}, column {c:?}: {message}"),
+        (Some(r), None) => format!("row {r}: {message}"),
+        (None, Some(c)) => format!("column {c:?}: {message}"),
+        (None, None) => message.to_owned(),
+    }
 }

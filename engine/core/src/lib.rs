@@ -1,6 +1,7 @@
 //! # annals-engine: the ingest pipeline of a single node
 //!
-//! Owns: turning requests into rows ([`prepare`]), routing rows by series key to shards, each
+//! Owns: turning requests into rows ([`prepare`] for line protocol, [`arrow_ingest`] for Arrow
+//! record batches), routing rows by series key to shards, each
 //! shard's writer thread (positions, WAL, group commit, acknowledgement, seal decisions —
 //! [`writer`]), its sealer thread (headers, signatures, block files, branch logs — [`sealer`]),
 //! the checkpointer ([`checkpointer`]), table schemas ([`catalog`]), receipts ([`receipt`]),
@@ -19,6 +20,7 @@
 //!   crash has the same header hash as before.
 //! - A WAL segment is deleted only when every block with rows in it is in a finished block file.
 
+pub mod arrow_ingest;
 pub mod attest;
 pub mod audit;
 pub mod catalog;
