@@ -36,14 +36,14 @@ pub(crate) struct CompareOptions {
 
 /// What one server did with the workload.
 #[derive(Debug)]
-struct Outcome {
-    label: String,
-    load: LoadReport,
-    peak_rss: u64,
-    cpu_secs: f64,
-    disk_bytes: u64,
+pub(crate) struct Outcome {
+    pub(crate) label: String,
+    pub(crate) load: LoadReport,
+    pub(crate) peak_rss: u64,
+    pub(crate) cpu_secs: f64,
+    pub(crate) disk_bytes: u64,
     /// After a clean shutdown (annals: blocks sealed, files finished, WAL retired).
-    disk_bytes_stopped: u64,
+    pub(crate) disk_bytes_stopped: u64,
 }
 
 /// Where `annals` is: the path given, else `target/release/annals` from the current directory,
@@ -72,7 +72,7 @@ pub(crate) fn resolve_annals(given: Option<&Path>) -> Result<PathBuf> {
         })
 }
 
-fn resolve_influxd(bin: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_influxd(bin: &Path) -> Result<PathBuf> {
     server::find_binary(bin).with_context(|| {
         format!(
             "{} not found: compare-ingest needs InfluxDB 1.x's `influxd` (Debian: `apt-get install \
@@ -111,19 +111,31 @@ pub(crate) async fn run(opts: CompareOptions) -> Result<()> {
 
     let mut outcomes = Vec::new();
     if let Some(bin) = influxd {
-        let server = server::start_influxdb(&bin, &opts.work_dir)?;
-        outcomes.push(measure(server, &opts, Endpoint::V1, &work).await?);
+        let mut server = server::start_influxdb(&bin, &opts.work_dir)?;
+        outcomes.push(measure(&mut server, &opts, Endpoint::V1, &work).await?);
+        finish(server, opts.keep_dirs);
     }
     if let Some(bin) = annals {
-        let server = server::start_annals(&bin, &opts.work_dir)?;
-        outcomes.push(measure(server, &opts, opts.annals_endpoint, &work).await?);
+        let mut server = server::start_annals(&bin, &opts.work_dir)?;
+        outcomes.push(measure(&mut server, &opts, opts.annals_endpoint, &work).await?);
+        finish(server, opts.keep_dirs);
     }
     print_table(&opts, &work, &outcomes);
     Ok(())
 }
 
-async fn measure(
-    mut server: Server,
+/// Stops `server`, keeping its files if asked.
+pub(crate) fn finish(mut server: Server, keep_dirs: bool) {
+    if keep_dirs {
+        server.keep_files();
+    }
+    server.stop();
+}
+
+/// Loads `work` into the started `server`, takes its figures, then stops it cleanly (SIGTERM)
+/// and measures its files again; the server can be started again on them with `respawn`.
+pub(crate) async fn measure(
+    server: &mut Server,
     opts: &CompareOptions,
     endpoint: Endpoint,
     work: &Arc<Workload>,
@@ -185,10 +197,6 @@ async fn measure(
         outcome.peak_rss as f64 / (1 << 20) as f64,
         outcome.disk_bytes as f64 / outcome.load.rows as f64
     );
-    if opts.keep_dirs {
-        server.keep_files();
-    }
-    server.stop();
     Ok(outcome)
 }
 

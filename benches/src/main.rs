@@ -1,10 +1,14 @@
 //! `annals-bench`: generate the TSBS iot workload, load it into a server, compare servers.
 //! See `benches/README.md` for the commands and what each figure means.
 
+mod answers;
 mod compare;
+mod influxql;
 mod load;
+mod postgres;
 mod query;
 mod server;
+mod side;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -43,6 +47,10 @@ enum Cmd {
     /// Load the workload into annals once, export it to Parquet, time the TSBS iot queries on
     /// annals and on DuckDB (Python), print a markdown table.
     CompareQuery(CompareQueryArgs),
+    /// Everything side by side: ingest into annals, InfluxDB 1.x and PostgreSQL (COPY), the
+    /// TSBS iot queries on annals, DuckDB, PostgreSQL and InfluxDB (InfluxQL); check that every
+    /// answer agrees and print one markdown report with ratios.
+    Compare(SideArgs),
 }
 
 /// Scale of the TSBS iot workload: `trucks × duration / 10 s × 2` lines before irregularities.
@@ -191,6 +199,39 @@ struct CompareQueryArgs {
     serve_args: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+struct SideArgs {
+    #[command(flatten)]
+    scale: Scale,
+    #[command(flatten)]
+    send: SendArgs,
+    /// annals binary [default: target/release/annals]
+    #[arg(long)]
+    annals_bin: Option<PathBuf>,
+    /// Write API used for annals (InfluxDB 1.x gets v1).
+    #[arg(long, value_enum, default_value = "v1")]
+    annals_endpoint: Endpoint,
+    /// InfluxDB 1.x server binary, looked up in PATH unless it has a slash.
+    #[arg(long, default_value = "influxd")]
+    influxd_bin: PathBuf,
+    /// Directory holding PostgreSQL's initdb, postgres and psql [default: PATH, then
+    /// /usr/lib/postgresql/<newest>/bin].
+    #[arg(long)]
+    postgres_bin_dir: Option<PathBuf>,
+    /// Python with the `duckdb` package.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Timed runs per query and peer (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Where the servers' temp dirs and the Parquet export go [default: the system temp dir].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the servers' data dirs, logs and the export after the run.
+    #[arg(long)]
+    keep_dirs: bool,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -198,6 +239,7 @@ fn main() -> Result<()> {
         Cmd::Load(args) => runtime()?.block_on(interruptible(load(args))),
         Cmd::CompareIngest(args) => runtime()?.block_on(interruptible(compare(args))),
         Cmd::CompareQuery(args) => runtime()?.block_on(interruptible(compare_query(args))),
+        Cmd::Compare(args) => runtime()?.block_on(interruptible(side_by_side(args))),
     }
 }
 
@@ -298,6 +340,35 @@ async fn compare(args: CompareArgs) -> Result<()> {
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         keep_dirs: args.keep_dirs,
         timeout: Duration::from_secs(args.send.timeout_secs),
+    })
+    .await
+}
+
+async fn side_by_side(args: SideArgs) -> Result<()> {
+    args.send.check()?;
+    let iot = args.scale.config()?;
+    compare::check_scale(&iot)?;
+    let work_dir = args.dir.unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    side::run(side::SideOptions {
+        ingest: CompareOptions {
+            iot,
+            connections: args.send.connections,
+            batch_lines: args.send.batch_lines,
+            gzip: args.send.gzip,
+            db: args.send.db,
+            annals_bin: args.annals_bin,
+            annals_endpoint: args.annals_endpoint,
+            influxd_bin: args.influxd_bin,
+            only: None,
+            work_dir,
+            keep_dirs: args.keep_dirs,
+            timeout: Duration::from_secs(args.send.timeout_secs),
+        },
+        runs: args.runs,
+        python: args.python,
+        postgres_bin_dir: args.postgres_bin_dir,
     })
     .await
 }

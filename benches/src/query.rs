@@ -58,15 +58,15 @@ struct Query {
 
 /// Times of one query on one side.
 #[derive(Debug, Clone, Default)]
-struct Timing {
-    ms: Vec<f64>,
-    rows: u64,
+pub(crate) struct Timing {
+    pub(crate) ms: Vec<f64>,
+    pub(crate) rows: u64,
     /// The warm-up run (annals: the first query after a restart, e.g. seeding a cache).
-    first_ms: f64,
+    pub(crate) first_ms: f64,
 }
 
 impl Timing {
-    fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         let mut v = self.ms.clone();
         v.sort_by(f64::total_cmp);
         match v.len() {
@@ -75,10 +75,10 @@ impl Timing {
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     }
-    fn min(&self) -> f64 {
+    pub(crate) fn min(&self) -> f64 {
         self.ms.iter().copied().fold(f64::INFINITY, f64::min)
     }
-    fn max(&self) -> f64 {
+    pub(crate) fn max(&self) -> f64 {
         self.ms.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     }
 }
@@ -247,7 +247,7 @@ fn all_queries(opts: &QueryOptions) -> Result<Vec<Query>> {
 }
 
 /// `(name, sql)` per `-- name:` header (the format of query/tests/tsbs_queries.sql).
-fn parse_queries(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_queries(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut current: Option<(String, String)> = None;
     for line in text.lines() {
@@ -270,7 +270,7 @@ fn parse_queries(text: &str) -> Vec<(String, String)> {
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -282,7 +282,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-async fn post_query(
+pub(crate) async fn post_query(
     client: &reqwest::Client,
     server: &Server,
     db: &str,
@@ -304,7 +304,7 @@ async fn post_query(
 }
 
 /// One warm-up, then `runs` timed runs, each from the request to the last byte of the answer.
-async fn time_annals(
+pub(crate) async fn time_annals(
     client: &reqwest::Client,
     server: &Server,
     db: &str,
@@ -366,7 +366,12 @@ async fn explain_pruning(
 }
 
 /// Writes `<table>.parquet` for both tables through annals' `format=parquet`, unless present.
-async fn export(client: &reqwest::Client, server: &Server, db: &str, dir: &Path) -> Result<()> {
+pub(crate) async fn export(
+    client: &reqwest::Client,
+    server: &Server,
+    db: &str,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for table in ["readings", "diagnostics"] {
         let path = dir.join(format!("{table}.parquet"));
@@ -409,15 +414,28 @@ fn time_duckdb(opts: &QueryOptions, export_dir: &Path, queries: &[Query]) -> Res
     }
     let queries_path = opts.dir.join("duckdb_queries.sql");
     std::fs::write(&queries_path, file)?;
+    let times = run_duckdb(&opts.python, export_dir, &queries_path, Some(opts.runs))?;
+    let names: Vec<&str> = queries.iter().map(|q| q.name.as_str()).collect();
+    duckdb_timings(&times, &names)
+}
+
+/// Runs `query/tests/duckdb_tsbs.py` over the Parquet files in `export_dir`: the answers of
+/// the queries in `queries_path`, or with `runs` their times; its JSON output.
+pub(crate) fn run_duckdb(
+    python: &Path,
+    export_dir: &Path,
+    queries_path: &Path,
+    runs: Option<usize>,
+) -> Result<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../query/tests/duckdb_tsbs.py");
-    let out = Command::new(&opts.python)
-        .arg(&script)
-        .arg(export_dir)
-        .arg(&queries_path)
-        .arg("--time")
-        .arg(opts.runs.to_string())
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg(export_dir).arg(queries_path);
+    if let Some(runs) = runs {
+        cmd.arg("--time").arg(runs.to_string());
+    }
+    let out = cmd
         .output()
-        .with_context(|| format!("running {} {}", opts.python.display(), script.display()))?;
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {
         bail!(
             "DuckDB driver failed ({}): {}",
@@ -425,14 +443,18 @@ fn time_duckdb(opts: &QueryOptions, export_dir: &Path, queries: &[Query]) -> Res
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let times: Value = serde_json::from_slice(&out.stdout).context("DuckDB driver output")?;
-    queries
+    serde_json::from_slice(&out.stdout).context("DuckDB driver output")
+}
+
+/// The timings of `names` in the DuckDB driver's `--time` output.
+pub(crate) fn duckdb_timings(times: &Value, names: &[&str]) -> Result<Vec<Timing>> {
+    names
         .iter()
-        .map(|q| {
-            let t = &times[&q.name];
+        .map(|name| {
+            let t = &times[name];
             let ms = t["ms"]
                 .as_array()
-                .with_context(|| format!("no DuckDB times for {}", q.name))?
+                .with_context(|| format!("no DuckDB times for {name}"))?
                 .iter()
                 .filter_map(Value::as_f64)
                 .collect();

@@ -28,9 +28,63 @@ pub(crate) struct Server {
     /// Directory whose size is reported (data, WAL, metadata; not the log or config).
     pub(crate) data_dir: PathBuf,
     log_path: PathBuf,
+    /// Program and arguments, to start the server again on the same files.
+    spec: (PathBuf, Vec<std::ffi::OsString>),
 }
 
 impl Server {
+    /// Starts `program args` with its output in `log_path`; `root` (if any) is removed on drop.
+    // Each argument is one plain field of the guard; a struct for them would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn_new(
+        name: &str,
+        version: String,
+        program: &Path,
+        args: Vec<std::ffi::OsString>,
+        base_url: String,
+        root: Option<tempfile::TempDir>,
+        data_dir: PathBuf,
+        log_path: PathBuf,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(&args);
+        let child = spawn(cmd, &log_path, name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            version,
+            child: Some(child),
+            base_url,
+            root,
+            data_dir,
+            log_path,
+            spec: (program.to_path_buf(), args),
+        })
+    }
+
+    /// Starts the server again, on the same files and ports, after [`Server::terminate`].
+    pub(crate) fn respawn(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "{} is still running", self.name);
+        let mut cmd = Command::new(&self.spec.0);
+        cmd.args(&self.spec.1);
+        // Append to the log: the first run's lines stay readable.
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log_path)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} again", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub(crate) fn log_tail_text(&self) -> String {
+        self.log_tail()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
     }
@@ -166,7 +220,7 @@ impl Drop for Server {
     }
 }
 
-fn dir_bytes(dir: &Path) -> Result<u64> {
+pub(crate) fn dir_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
@@ -181,7 +235,7 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 }
 
 /// `N` distinct loopback ports nobody listens on right now (all held open until chosen).
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port"))
         .collect::<Result<Vec<_>>>()?;
@@ -204,7 +258,7 @@ pub(crate) fn find_binary(bin: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn temp_root(work_dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+pub(crate) fn temp_root(work_dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(work_dir)
@@ -221,7 +275,7 @@ fn spawn(mut cmd: Command, log_path: &Path, what: &str) -> Result<Child> {
 }
 
 /// First line of `bin <args>` output, or `fallback`.
-fn version_of(bin: &Path, args: &[&str], fallback: &str) -> String {
+pub(crate) fn version_of(bin: &Path, args: &[&str], fallback: &str) -> String {
     Command::new(bin)
         .args(args)
         .stderr(Stdio::null())
@@ -277,20 +331,30 @@ bind-address = "127.0.0.1:{rpc_port}"
     let config_path = root_path.join("influxdb.conf");
     std::fs::write(&config_path, config)?;
     let log_path = root_path.join("server.log");
-    let mut cmd = Command::new(bin);
-    cmd.arg("run").arg("-config").arg(&config_path);
-    let child = spawn(cmd, &log_path, "influxd")?;
     let version = version_of(bin, &["version"], "InfluxDB 1.x");
     let version = version.split(" (").next().unwrap_or(&version).to_owned();
-    Ok(Server {
-        name: "influxdb".to_owned(),
+    Server::spawn_new(
+        "influxdb",
         version,
-        child: Some(child),
-        base_url: format!("http://127.0.0.1:{http_port}"),
-        root: Some(root),
+        bin,
+        vec!["run".into(), "-config".into(), config_path.into()],
+        format!("http://127.0.0.1:{http_port}"),
+        Some(root),
         data_dir,
         log_path,
-    })
+    )
+}
+
+/// `--without-auth` if this annals build has authentication (builds before it had no flag).
+fn without_auth(bin: &Path) -> Option<std::ffi::OsString> {
+    let help = Command::new(bin)
+        .args(["serve", "--help"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&help.stdout)
+        .contains("--without-auth")
+        .then(|| "--without-auth".into())
 }
 
 /// Starts `annals serve --data-dir <tmp>/data --http-addr 127.0.0.1:<free port>`.
@@ -301,23 +365,26 @@ pub(crate) fn start_annals(bin: &Path, work_dir: &Path) -> Result<Server> {
     std::fs::create_dir(&data_dir)?;
     let [port] = free_ports()?;
     let log_path = root_path.join("server.log");
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--http-addr")
-        .arg(format!("127.0.0.1:{port}"));
-    let child = spawn(cmd, &log_path, "annals")?;
     let version = version_of(bin, &["--version"], "annals");
-    Ok(Server {
-        name: "annals".to_owned(),
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--data-dir".into(),
+        data_dir.clone().into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}").into(),
+    ];
+    // The harness measures the data path; peers run without authentication too.
+    args.extend(without_auth(bin));
+    Server::spawn_new(
+        "annals",
         version,
-        child: Some(child),
-        base_url: format!("http://127.0.0.1:{port}"),
-        root: Some(root),
+        bin,
+        args,
+        format!("http://127.0.0.1:{port}"),
+        Some(root),
         data_dir,
         log_path,
-    })
+    )
 }
 
 /// Starts `annals serve` on a data directory that outlives the run (created if missing), with
@@ -327,24 +394,26 @@ pub(crate) fn start_annals_at(bin: &Path, data_dir: &Path, extra: &[String]) -> 
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let [port] = free_ports()?;
     let log_path = data_dir.with_extension("log");
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--http-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(extra);
-    let child = spawn(cmd, &log_path, "annals")?;
     let version = version_of(bin, &["--version"], "annals");
-    Ok(Server {
-        name: "annals".to_owned(),
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--data-dir".into(),
+        data_dir.into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}").into(),
+    ];
+    args.extend(without_auth(bin));
+    args.extend(extra.iter().map(Into::into));
+    Server::spawn_new(
+        "annals",
         version,
-        child: Some(child),
-        base_url: format!("http://127.0.0.1:{port}"),
-        root: None,
-        data_dir: data_dir.to_path_buf(),
+        bin,
+        args,
+        format!("http://127.0.0.1:{port}"),
+        None,
+        data_dir.to_path_buf(),
         log_path,
-    })
+    )
 }
 
 /// `CREATE DATABASE` through InfluxDB 1.x's `/query`.
@@ -374,6 +443,7 @@ mod tests {
             root: None,
             data_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
             log_path: PathBuf::new(),
+            spec: (PathBuf::from("sleep"), vec!["30".into()]),
         };
         assert!(server.data_bytes().unwrap() > 10_000);
         assert!(server.peak_rss_bytes().unwrap() > 0);
