@@ -330,7 +330,11 @@ impl Postgres {
             fields(&DIAGNOSTICS_FIELDS, "status"),
         ))?;
 
-        let (files, rows, csv_bytes) = write_csv(iot, batch_lines, connections, &self.scratch)?;
+        let CsvFiles {
+            files,
+            rows,
+            bytes: csv_bytes,
+        } = write_csv(iot, batch_lines, connections, &self.scratch)?;
         eprintln!(
             "postgres: {rows} rows as {:.1} MB of CSV; COPY over {connections} connections...",
             csv_bytes as f64 / 1e6
@@ -472,14 +476,22 @@ impl Postgres {
     }
 }
 
-/// Writes the workload as CSV, body `i` to connection `i mod connections`; returns the
-/// `(readings, diagnostics)` files per connection, the rows and the bytes written.
+/// The workload as CSV files.
+#[derive(Debug)]
+struct CsvFiles {
+    /// `(readings, diagnostics)` per connection.
+    files: Vec<(PathBuf, PathBuf)>,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Writes the workload as CSV, body `i` to connection `i mod connections`.
 fn write_csv(
     iot: &IotConfig,
     batch_lines: usize,
     connections: usize,
     dir: &Path,
-) -> Result<(Vec<(PathBuf, PathBuf)>, u64, u64)> {
+) -> Result<CsvFiles> {
     let mut paths = Vec::new();
     let mut writers = Vec::new();
     for c in 0..connections {
@@ -517,7 +529,11 @@ fn write_csv(
         r.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         d.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
-    Ok((paths, rows, bytes))
+    Ok(CsvFiles {
+        files: paths,
+        rows,
+        bytes,
+    })
 }
 
 /// One generated line as a CSV row of its table (tags, time, fields; absent ones empty, which
