@@ -11,6 +11,8 @@
 //! - `SET annals.as_of_epoch = N` pins a session to checkpoint `N`: blocks committed after it
 //!   are invisible, and so are rows not yet in any block.
 //! - `ledger_proof(_branch, _height, _index)` returns a row's proof document (see [`proof`]).
+//! - [`subscribe`]: live subscriptions to a table's committed rows, in commit order, each batch
+//!   tagged with the cursor to resume from.
 //! - `last_values('m')` answers "latest row per series" from a cache kept at ingest, and
 //!   `row_number() OVER (PARTITION BY .. ORDER BY time DESC) = 1` keeps a heap per series
 //!   instead of sorting the table (see [`topn`]).
@@ -25,9 +27,11 @@ pub mod proof;
 pub mod registry;
 pub mod scan;
 pub mod service;
+pub mod subscribe;
 pub mod system;
 pub mod table;
 pub mod topn;
 
 pub use error::QueryError;
 pub use service::{QueryConfig, QueryOutput, QueryRequest, QueryService};
+pub use subscribe::{Cursor, Delivery, SubscribeError, SubscribeRequest, Subscription};

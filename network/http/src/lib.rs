@@ -2,6 +2,7 @@
 //!
 //! Owns the InfluxDB-compatible write endpoints (`/api/v3/write_lp`, `/api/v2/write`, `/write`),
 //! the SQL endpoint `/api/v3/query_sql` (see [`query`] for its formats and status codes),
+//! live subscriptions to committed rows `/api/v3/subscribe` (NDJSON; see [`subscribe`]),
 //! the ledger API `/api/v3/ledger/...` (proofs, checkpoints, consistency; see [`ledger`]),
 //! tables' JSON-LD contexts (`/api/v3/tables/{db}/{table}/context`, `/api/v3/contexts/{hash}`;
 //! see [`context`]; `format=jsonld` query results in [`jsonld`]),
@@ -28,6 +29,7 @@ mod idempotency;
 pub mod jsonld;
 pub mod ledger;
 pub mod query;
+pub mod subscribe;
 mod write;
 
 use std::sync::Arc;
@@ -112,6 +114,7 @@ pub fn router(
             "/api/v3/query_sql",
             get(query::query_get).post(query::query_post),
         )
+        .route("/api/v3/subscribe", get(subscribe::subscribe))
         .route("/api/v3/ledger/proof", get(ledger::proof))
         .route("/api/v3/ledger/checkpoints", get(ledger::checkpoints))
         .route(
