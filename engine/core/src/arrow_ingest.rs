@@ -139,8 +139,8 @@ fn is_string(t: &DataType) -> bool {
 /// The ledger kind of an input column, or why it has none.
 fn kind_of(field: &Field) -> Result<Kind, String> {
     let t = field.data_type();
-    let stringy = is_string(t)
-        || matches!(t, DataType::Dictionary(k, v) if k.is_integer() && is_string(v));
+    let stringy =
+        is_string(t) || matches!(t, DataType::Dictionary(k, v) if k.is_integer() && is_string(v));
     if is_tag(field) {
         return if stringy {
             Ok(Kind::Tag)
@@ -391,8 +391,8 @@ fn convert<'b>(
             let s = converted.as_string::<i32>();
             let offsets = s.value_offsets();
             let max = limits.string_len_max;
-            if let Some(row) = (0..s.len())
-                .find(|&r| (offsets[r + 1] - offsets[r]) as usize > max && is_valid(r))
+            if let Some(row) =
+                (0..s.len()).find(|&r| (offsets[r + 1] - offsets[r]) as usize > max && is_valid(r))
             {
                 return Err(column_error(
                     Some(row),
@@ -447,7 +447,10 @@ fn table_schema(
     // written in order, tags then fields in input order: by first row, then tags first.
     let mut order: Vec<usize> = (0..cols.len()).collect();
     order.sort_by_key(|&i| (cols[i].first, cols[i].kind != Kind::Tag, cols[i].input));
-    let wanted: Vec<(&str, Kind)> = order.iter().map(|&i| (cols[i].name, cols[i].kind)).collect();
+    let wanted: Vec<(&str, Kind)> = order
+        .iter()
+        .map(|&i| (cols[i].name, cols[i].kind))
+        .collect();
     let row_of = |column: &str| {
         cols.iter()
             .find(|c| c.name == column)
@@ -563,7 +566,10 @@ pub fn prepare_arrow(
     if fields > limits.fields_max {
         return Err(batch_error(
             None,
-            format!("{fields} field columns, over the limit of {}", limits.fields_max),
+            format!(
+                "{fields} field columns, over the limit of {}",
+                limits.fields_max
+            ),
         ));
     }
 
@@ -600,7 +606,16 @@ pub fn prepare_arrow(
     let shards = shards.max(1);
     let row_bytes = 16 + full.len() + cols.iter().map(|c| c.name.len() + 12).sum::<usize>();
     let mut out: Vec<ShardRows> = (0..shards)
-        .map(|_| ShardRows::new(if shards == 1 { n } else { n / shards + n / 8 + 16 }, row_bytes))
+        .map(|_| {
+            ShardRows::new(
+                if shards == 1 {
+                    n
+                } else {
+                    n / shards + n / 8 + 16
+                },
+                row_bytes,
+            )
+        })
         .collect();
     let name = schema.name.as_str();
     for (row, &time) in times.iter().enumerate() {
@@ -659,10 +674,9 @@ pub fn prepare_arrow(
                     Some(ix) => take(&c.array, ix, None)
                         .map_err(|e| WriteError::Engine(EngineError::storage(e)))?,
                 },
-                None => new_null_array(
-                    &annals_storage::block_file::arrow_type(*kind),
-                    s.rows.len(),
-                ),
+                None => {
+                    new_null_array(&annals_storage::block_file::arrow_type(*kind), s.rows.len())
+                }
             };
             arrays.push(array);
         }
