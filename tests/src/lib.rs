@@ -36,17 +36,29 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub port: u16,
     pub args: Vec<String>,
+    /// The admin token secret printed on first start (servers started with auth only).
+    pub admin_token: Option<String>,
     child: Option<Child>,
 }
 
 impl Server {
-    /// Starts the binary on `data_dir` with extra flags and waits until it listens.
+    /// Starts the binary on `data_dir` with extra flags and `--without-auth`, and waits until
+    /// it listens.
     pub fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Server> {
+        let mut all = vec!["--without-auth"];
+        all.extend_from_slice(args);
+        Self::start_with_auth(bin, data_dir, &all)
+    }
+
+    /// [`Server::start`] with authentication on (unless `args` turn it off); the admin token
+    /// printed on first start is kept in [`Server::admin_token`].
+    pub fn start_with_auth(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Server> {
         let mut s = Server {
             bin: bin.to_owned(),
             data_dir: data_dir.to_owned(),
             port: free_port(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            admin_token: None,
             child: None,
         };
         s.spawn()?;
@@ -72,17 +84,25 @@ impl Server {
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
+            // Lines up to "listening" (the admin token on a first start) go to the waiting
+            // test; later ones are drained so the server never blocks on a full pipe.
+            for l in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
                 let _ = tx.send(l);
             }
-            for _ in lines {}
         });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.contains("listening") => {}
-            other => {
-                let _ = child.kill();
-                bail!("server did not start: {other:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("listening") => break,
+                Ok(l) if l.contains("admin token (shown once") => {
+                    self.admin_token = l.rsplit(' ').next().map(str::to_owned);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    bail!("server did not start: {e}");
+                }
             }
         }
         self.child = Some(child);

@@ -37,17 +37,14 @@ pub(crate) enum QueryFailure {
 pub(crate) struct Client {
     http: reqwest::blocking::Client,
     url: String,
+    token: Option<String>,
 }
 
 impl Client {
-    /// `host` is `http://HOST:PORT` (the scheme may be left out).
-    pub(crate) fn new(host: &str) -> Result<Client, String> {
-        let host = host.trim().trim_end_matches('/');
-        let base = if host.contains("://") {
-            host.to_string()
-        } else {
-            format!("http://{host}")
-        };
+    /// `host` is `http://HOST:PORT` (the scheme may be left out); `token` is sent as
+    /// `Authorization: Bearer`.
+    pub(crate) fn new(host: &str, token: Option<&str>) -> Result<Client, String> {
+        let base = base_url(host);
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // No overall timeout: the server cancels queries past its --query-timeout.
@@ -57,6 +54,7 @@ impl Client {
         Ok(Client {
             http,
             url: format!("{base}/api/v3/query_sql"),
+            token: token.map(str::to_owned),
         })
     }
 
@@ -78,26 +76,15 @@ impl Client {
             url: self.url.clone(),
             source,
         };
-        let mut resp = self
-            .http
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .map_err(transport)?;
+        let mut req = self.http.post(&self.url).json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| {
-                    let t = text.trim();
-                    if t.is_empty() {
-                        status.canonical_reason().unwrap_or("error").to_string()
-                    } else {
-                        t.to_string()
-                    }
-                });
+            let message = error_message(status, &text);
             return Err(QueryFailure::Server {
                 status: status.as_u16(),
                 message,
@@ -113,6 +100,31 @@ impl Client {
         }
         .and_then(|n| out_flush(copier.out).map(|()| n))
     }
+}
+
+/// `http://HOST:PORT` without a trailing slash, from `HOST:PORT` or a URL.
+pub(crate) fn base_url(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}
+
+/// The `error` member of a JSON error body, or the body itself, or the status reason.
+pub(crate) fn error_message(status: reqwest::StatusCode, text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                t.to_string()
+            }
+        })
 }
 
 fn out_flush(out: &mut dyn Write) -> Result<(), QueryFailure> {

@@ -4,7 +4,7 @@
 //! 127.0.0.1:8181); `annals audit` re-checks a data directory from its bytes; `annals query`
 //! and `annals shell` run SQL on a running node over its HTTP API; `annals proof` fetches a row's
 //! proof from a running node and `annals verify` checks one offline with the independent
-//! verifier (`annals-verify`).
+//! verifier (`annals-verify`); `annals token` creates, lists and revokes API tokens.
 
 mod audit;
 mod client;
@@ -14,6 +14,7 @@ mod query;
 mod serve;
 mod shell;
 mod size;
+mod token;
 mod verify;
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ enum Command {
     Proof(proof::ProofArgs),
     /// Verify a proof document offline against trusted validator keys (independent verifier).
     Verify(verify::VerifyArgs),
+    /// Create, list or revoke API tokens on a running node (needs an admin token).
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,5 +67,6 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::run(args),
         Command::Proof(args) => proof::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Token(args) => token::run(args),
     }
 }

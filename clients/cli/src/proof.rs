@@ -17,7 +17,7 @@ use annals_engine::proof::Proof;
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::HOST_DEFAULT;
+use crate::client::{base_url, HOST_DEFAULT};
 
 /// Longest `--wait` (the server's bound).
 const WAIT_SECONDS_MAX: u64 = 60;
@@ -32,6 +32,9 @@ pub(crate) struct ProofArgs {
     /// Server address.
     #[arg(long, alias = "url", env = "ANNALS_HOST", default_value = HOST_DEFAULT)]
     host: String,
+    /// API token (sent as `Authorization: Bearer`); not needed with `--without-auth`.
+    #[arg(long, env = "ANNALS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The row's branch (from the write receipt): with --height and --index the server reads
     /// one block instead of searching.
     #[arg(long)]
@@ -74,13 +77,7 @@ pub(crate) fn run(args: ProofArgs) -> ExitCode {
             2,
         );
     }
-    let host = args.host.trim().trim_end_matches('/');
-    let base = if host.contains("://") {
-        host.to_string()
-    } else {
-        format!("http://{host}")
-    };
-    let url = format!("{base}/api/v3/ledger/proof");
+    let url = format!("{}/api/v3/ledger/proof", base_url(&args.host));
     let mut query: Vec<(&str, String)> = vec![("tx_id", tx.clone())];
     if let Some(b) = &args.branch {
         query.push(("branch", b.to_ascii_lowercase()));
@@ -102,7 +99,11 @@ pub(crate) fn run(args: ProofArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot build an HTTP client: {e}"), 1),
     };
-    let resp = match http.get(&url).query(&query).send() {
+    let mut req = http.get(&url).query(&query);
+    if let Some(t) = &args.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = match req.send() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot reach {url}: {e}"), 1),
     };

@@ -46,6 +46,9 @@ pub(crate) struct QueryArgs {
     /// Server address.
     #[arg(long, env = "ANNALS_HOST", default_value = HOST_DEFAULT)]
     host: String,
+    /// API token (sent as `Authorization: Bearer`); not needed with `--without-auth`.
+    #[arg(long, env = "ANNALS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Read the ledger as of this checkpoint epoch.
     #[arg(long)]
     as_of_epoch: Option<u64>,
@@ -61,7 +64,7 @@ pub(crate) fn db_or_system(db: Option<&str>) -> &str {
 }
 
 pub(crate) fn run(args: QueryArgs) -> ExitCode {
-    let client = match Client::new(&args.host) {
+    let client = match Client::new(&args.host, args.token.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("annals query: {e}");

@@ -30,6 +30,9 @@ pub(crate) struct ShellArgs {
     /// Server address.
     #[arg(long, env = "ANNALS_HOST", default_value = HOST_DEFAULT)]
     host: String,
+    /// API token (sent as `Authorization: Bearer`); not needed with `--without-auth`.
+    #[arg(long, env = "ANNALS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// History file (default `$HOME/.annals_history`).
     #[arg(long, env = "ANNALS_HISTORY")]
     history: Option<PathBuf>,
@@ -105,7 +108,7 @@ fn history_path(arg: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 pub(crate) fn run(args: ShellArgs) -> ExitCode {
-    let client = match Client::new(&args.host) {
+    let client = match Client::new(&args.host, args.token.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("annals shell: {e}");

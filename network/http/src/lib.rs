@@ -23,6 +23,7 @@
 //! attestation), 409 (sequence number replayed or out of window) and 429 (too many bad
 //! signatures, with `Retry-After`).
 
+mod auth;
 pub mod context;
 pub mod devices;
 mod idempotency;
@@ -61,6 +62,8 @@ pub struct HttpConfig {
     pub idempotency_keys_max: usize,
     /// Largest `format=pretty` query result (it is built in memory); larger ones are refused.
     pub query_pretty_bytes_max: usize,
+    /// Tokens every request (but `/health`, `/ping`) is checked against; disabled by default.
+    pub auth: Arc<annals_auth::Tokens>,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +73,7 @@ impl Default for HttpConfig {
             write_wait_max: Duration::from_secs(5),
             idempotency_keys_max: 100_000,
             query_pretty_bytes_max: query::QUERY_PRETTY_BYTES_MAX_DEFAULT,
+            auth: Arc::new(annals_auth::Tokens::disabled()),
         }
     }
 }
@@ -141,6 +145,10 @@ pub fn router(
             get(context::get_table_context).put(context::put_table_context),
         )
         .route("/api/v3/contexts/{hash}", get(context::get_context))
+        .route("/api/v3/tokens", get(auth::list).post(auth::create))
+        .route("/api/v3/tokens/{id}", delete(auth::revoke))
+        // Authentication runs before every handler (401/403 change nothing).
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.

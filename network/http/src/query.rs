@@ -33,7 +33,8 @@ use arrow::json::writer::{JsonArray, LineDelimited};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use annals_auth::{Action, Grant};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -202,9 +203,13 @@ fn from_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, (StatusCode, St
 }
 
 /// `GET /api/v3/query_sql?db=..&q=..`.
-pub(crate) async fn query_get(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn query_get(
+    State(s): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    RawQuery(q): RawQuery,
+) -> Response {
     match from_query_string(q.as_deref()) {
-        Ok(p) => run(s, p).await,
+        Ok(p) => run(s, &grant, p).await,
         Err((code, m)) => error(code, m),
     }
 }
@@ -212,6 +217,7 @@ pub(crate) async fn query_get(State(s): State<AppState>, RawQuery(q): RawQuery) 
 /// `POST /api/v3/query_sql` with a JSON or form body (and/or query-string parameters).
 pub(crate) async fn query_post(
     State(s): State<AppState>,
+    Extension(grant): Extension<Grant>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -221,7 +227,7 @@ pub(crate) async fn query_post(
         Err((code, m)) => return error(code, m),
     };
     match from_body(&headers, &body) {
-        Ok(b) => run(s, p.overridden_by(b)).await,
+        Ok(b) => run(s, &grant, p.overridden_by(b)).await,
         Err((code, m)) => error(code, m),
     }
 }
@@ -277,7 +283,7 @@ fn check(p: Params) -> Result<Checked, String> {
     })
 }
 
-async fn run(s: AppState, p: Params) -> Response {
+async fn run(s: AppState, grant: &Grant, p: Params) -> Response {
     let Some(service) = s.query.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -288,6 +294,10 @@ async fn run(s: AppState, p: Params) -> Response {
         Ok(c) => c,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
+    // The database may have come from the body, after the middleware's check.
+    if let Err(r) = crate::auth::check(grant, Action::Read, &req.db) {
+        return r;
+    }
     let out = match service.sql(&req).await {
         Ok(o) => o,
         Err(e) => return query_error(&e),
