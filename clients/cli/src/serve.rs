@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use annals_auth::Tokens;
 use annals_engine::{Engine, EngineConfig, SystemClock};
 use annals_http::HttpConfig;
 use annals_query::{QueryConfig, QueryService};
@@ -68,6 +69,30 @@ pub(crate) struct ServeArgs {
     /// Do not fsync: acknowledged writes can be lost on power failure. Benchmarks only.
     #[arg(long, env = "ANNALS_UNSAFE_NO_SYNC")]
     unsafe_no_sync: bool,
+    /// Accept every request without a token (local play and tests only).
+    #[arg(long, env = "ANNALS_WITHOUT_AUTH")]
+    without_auth: bool,
+    /// Secret of the admin token created on first start (default: a random one, printed once).
+    #[arg(long, env = "ANNALS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PostgreSQL wire listen address (read-only SQL for psql, Grafana...); off unless given.
+    #[arg(long, env = "ANNALS_PG_ADDR")]
+    pg_addr: Option<SocketAddr>,
+    /// Most PostgreSQL connections at once (one more gets FATAL 53300).
+    #[arg(long, env = "ANNALS_PG_MAX_CONNECTIONS", default_value_t = annals_pg::CONNECTIONS_MAX_DEFAULT)]
+    pg_max_connections: usize,
+    /// PEM certificate chain for PostgreSQL TLS (with --pg-tls-key; without both: no TLS).
+    #[arg(long, env = "ANNALS_PG_TLS_CERT", requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+    /// PEM private key for PostgreSQL TLS.
+    #[arg(long, env = "ANNALS_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
+    /// MQTT 3.1.1/5 ingest listen address (PUBLISH to annals/<db>/write); off unless given.
+    #[arg(long, env = "ANNALS_MQTT_ADDR")]
+    mqtt_addr: Option<SocketAddr>,
+    /// Arrow Flight SQL (gRPC) listen address; Flight is served on the HTTP port as well.
+    #[arg(long, env = "ANNALS_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -121,6 +146,13 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let auth = match open_auth(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("annals serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if engine.created_key() {
         info!(node_key = %hex::encode(engine.public_key()), "created a new node key");
     }
@@ -155,9 +187,63 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         max_body_bytes: args.max_body_bytes,
         write_wait_max: args.write_wait,
         query_pretty_bytes_max: args.query_pretty_max,
+        auth: auth.clone(),
         ..HttpConfig::default()
     };
+    let pg_cfg = match pg_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("annals serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let flight_cfg = annals_flight::FlightConfig {
+        write_wait_max: args.write_wait,
+        ..Default::default()
+    };
+    let flight = annals_flight::AnnalsFlight::new(engine.clone(), query.clone(), auth.clone(), flight_cfg);
+    let pg_query = query.clone();
+    let pg_auth = auth.clone();
     let result = rt.block_on(async {
+        // Dropped (closing its listener and connections) when this block ends at shutdown.
+        let _pg = match args.pg_addr {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (PostgreSQL): {e}"))?;
+                let local = l.local_addr().map_err(|e| e.to_string())?;
+                println!("annals PostgreSQL wire on {local}");
+                Some(AbortOnDrop(tokio::spawn(annals_pg::serve(l, pg_query, pg_auth, pg_cfg))))
+            }
+            None => None,
+        };
+        let mqtt = match args.mqtt_addr {
+            Some(addr) => {
+                let mqtt_cfg = annals_mqtt::MqttConfig { write_wait_max: args.write_wait, ..Default::default() };
+                let m = annals_mqtt::MqttServer::bind(addr, engine.clone(), auth.clone(), mqtt_cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("annals MQTT on {}", m.local_addr().map_err(|e| e.to_string())?);
+                Some(m.spawn())
+            }
+            None => None,
+        };
+        // Dropped (stopping the listener) when this block ends at shutdown.
+        let _grpc = match args.grpc_addr {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (gRPC): {e}"))?;
+                println!("annals Flight SQL (gRPC) on {}", l.local_addr().map_err(|e| e.to_string())?);
+                let f = flight.clone();
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    if let Err(e) = f.serve(l, shutdown_signal()).await {
+                        error!(error = %e, "gRPC listener stopped");
+                    }
+                })))
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(args.http_addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
@@ -166,9 +252,16 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         println!("annals listening on http://{addr} (data dir {})", args.data_dir.display());
         info!(%addr, data_dir = %args.data_dir.display(), node_key = %hex::encode(engine.public_key()), "annals serving");
         let app = annals_http::router(engine.clone(), Some(query), http_cfg, metrics);
+        // gRPC (Flight SQL) on the HTTP port too, as InfluxDB 3 clients expect (HTTP/2, no TLS).
+        let app = app.merge(flight.into_router());
         // With each connection's address: the write API limits bad device signatures per client.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string());
+        // MQTT connections finish their writes and acknowledgements before the engine stops.
+        if let Some(m) = mqtt {
+            m.shutdown().await;
+        }
+        served
     });
     info!("shutting down: sealing open blocks and finishing block files");
     let e2 = engine.clone();
@@ -180,6 +273,51 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The PostgreSQL listener's settings (TLS only with both --pg-tls-cert and --pg-tls-key).
+fn pg_config(args: &ServeArgs) -> Result<annals_pg::PgConfig, String> {
+    if args.pg_max_connections == 0 {
+        return Err("--pg-max-connections must be more than 0".to_string());
+    }
+    let tls = match (&args.pg_tls_cert, &args.pg_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            annals_pg::tls_acceptor(&cert.to_string_lossy(), &key.to_string_lossy())
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    Ok(annals_pg::PgConfig { max_connections: args.pg_max_connections, tls })
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The token store, or a disabled one with `--without-auth`. On a first start with auth it
+/// creates the admin token and prints its secret once (stdout, for scripts; never logged).
+fn open_auth(args: &ServeArgs) -> Result<Arc<Tokens>, String> {
+    if args.without_auth {
+        info!("authentication disabled (--without-auth): every request is accepted");
+        return Ok(Arc::new(Tokens::disabled()));
+    }
+    let tokens = Tokens::open(&args.data_dir).map_err(|e| e.to_string())?;
+    if let Some(secret) = tokens
+        .ensure_admin(args.admin_token.as_deref())
+        .map_err(|e| e.to_string())?
+    {
+        if args.admin_token.is_none() {
+            println!("annals admin token (shown once, keep it): {secret}");
+        } else {
+            println!("annals admin token created from --admin-token");
+        }
+    }
+    Ok(Arc::new(tokens))
 }
 
 async fn shutdown_signal() {
