@@ -74,9 +74,9 @@ pub(crate) fn run(args: TokenArgs) -> ExitCode {
         Err(e) => return fail(format!("cannot build an HTTP client: {e}")),
     };
     let base = format!("{}/api/v3/tokens", base_url(&args.host));
-    let auth = |r: reqwest::blocking::RequestBuilder| match &args.token {
-        Some(t) => r.bearer_auth(t),
-        None => r,
+    let auth = |r: reqwest::blocking::RequestBuilder| match args.token.as_deref() {
+        Some(t) if !t.is_empty() => r.bearer_auth(t),
+        _ => r,
     };
     let (req, url) = match &args.command {
         TokenCommand::Create {

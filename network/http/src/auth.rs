@@ -96,7 +96,16 @@ pub(crate) fn check(grant: &Grant, action: Action, db: &str) -> Result<(), Respo
 }
 
 /// `POST /api/v3/tokens` with a JSON [`TokenSpec`]: 201 with the secret (shown only here).
-pub(crate) async fn create(State(s): State<AppState>, Json(spec): Json<TokenSpec>) -> Response {
+/// The body is parsed as JSON whatever its `Content-Type` (curl's `-d` sends a form type).
+pub(crate) async fn create(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let spec: TokenSpec = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return refuse_or_error(&AuthError::BadRequest(format!(
+                "the body must be a JSON object like {{\"read\": true, \"db\": \"fleet\"}}: {e}"
+            )))
+        }
+    };
     match s.cfg.auth.create(spec) {
         Ok((secret, info)) => {
             let mut v = serde_json::to_value(&info).unwrap_or_default();
