@@ -201,7 +201,8 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         write_wait_max: args.write_wait,
         ..Default::default()
     };
-    let flight = annals_flight::AnnalsFlight::new(engine.clone(), query.clone(), auth.clone(), flight_cfg);
+    let flight =
+        annals_flight::AnnalsFlight::new(engine.clone(), query.clone(), auth.clone(), flight_cfg);
     let pg_query = query.clone();
     let pg_auth = auth.clone();
     let result = rt.block_on(async {
@@ -287,7 +288,10 @@ fn pg_config(args: &ServeArgs) -> Result<annals_pg::PgConfig, String> {
         ),
         _ => None,
     };
-    Ok(annals_pg::PgConfig { max_connections: args.pg_max_connections, tls })
+    Ok(annals_pg::PgConfig {
+        max_connections: args.pg_max_connections,
+        tls,
+    })
 }
 
 /// Aborts a spawned task when dropped.

@@ -129,19 +129,27 @@ pub(crate) fn run(args: TokenArgs) -> ExitCode {
             if json {
                 println!("{body}");
             } else {
-                println!("{:<16}  {:<15}  {:<12}  {:<8}  description", "id", "permissions", "db", "state");
+                println!(
+                    "{:<16}  {:<15}  {:<12}  {:<8}  description",
+                    "id", "permissions", "db", "state"
+                );
                 for t in body["tokens"].as_array().into_iter().flatten() {
-                    let perms: Vec<&str> = [("read", "read"), ("write", "write"), ("admin", "admin")]
-                        .into_iter()
-                        .filter(|(k, _)| t[*k].as_bool() == Some(true))
-                        .map(|(_, n)| n)
-                        .collect();
+                    let perms: Vec<&str> =
+                        [("read", "read"), ("write", "write"), ("admin", "admin")]
+                            .into_iter()
+                            .filter(|(k, _)| t[*k].as_bool() == Some(true))
+                            .map(|(_, n)| n)
+                            .collect();
                     println!(
                         "{:<16}  {:<15}  {:<12}  {:<8}  {}",
                         t["id"].as_str().unwrap_or_default(),
                         perms.join(","),
                         t["db"].as_str().unwrap_or("*"),
-                        if t["revoked_at"].is_null() { "valid" } else { "revoked" },
+                        if t["revoked_at"].is_null() {
+                            "valid"
+                        } else {
+                            "revoked"
+                        },
                         t["description"].as_str().unwrap_or_default()
                     );
                 }

@@ -53,7 +53,10 @@ fn count(s: &Server, token: &str) -> u64 {
 fn tokens_guard_every_interface_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start_with_auth(BIN.as_ref(), &dir.path().join("data"), &[]).unwrap();
-    let admin = s.admin_token.clone().expect("first start prints the admin token");
+    let admin = s
+        .admin_token
+        .clone()
+        .expect("first start prints the admin token");
     assert!(admin.starts_with("annals_"), "{admin}");
     let bearer = |t: &str| format!("Bearer {t}");
 
@@ -62,7 +65,11 @@ fn tokens_guard_every_interface_and_survive_restart() {
     assert_eq!(write(&s, None, "fleet"), 401);
     assert_eq!(write(&s, Some("Bearer annals_wrong"), "fleet"), 401);
     assert_eq!(
-        status(agent().get(&s.url("/api/v3/query_sql?db=fleet&q=SELECT%201")).call()),
+        status(
+            agent()
+                .get(&s.url("/api/v3/query_sql?db=fleet&q=SELECT%201"))
+                .call()
+        ),
         401
     );
     assert_eq!(write(&s, Some(&bearer(&admin)), "fleet"), 204);
@@ -70,7 +77,11 @@ fn tokens_guard_every_interface_and_survive_restart() {
 
     // A read-only token limited to `fleet`, created with the CLI.
     let out = token_cmd(&s, &admin, &["create", "--read", "--db", "fleet", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
     let reader = rec["token"].as_str().unwrap().to_owned();
     let reader_id = rec["id"].as_str().unwrap().to_owned();
@@ -101,7 +112,11 @@ fn tokens_guard_every_interface_and_survive_restart() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
 
     // A write token through the InfluxDB v2 (`Token`) and v1 (`?p=`, Basic) forms.
-    let out = token_cmd(&s, &admin, &["create", "--write", "--description", "gateway"]);
+    let out = token_cmd(
+        &s,
+        &admin,
+        &["create", "--write", "--description", "gateway"],
+    );
     assert!(out.status.success());
     let writer = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(
@@ -128,9 +143,19 @@ fn tokens_guard_every_interface_and_survive_restart() {
     let out = token_cmd(&s, &admin, &["list", "--json"]);
     let list = String::from_utf8(out.stdout).unwrap();
     assert!(!list.contains(&reader) && !list.contains(&admin), "{list}");
-    assert_eq!(serde_json::from_str::<Value>(&list).unwrap()["tokens"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap()["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     let out = token_cmd(&s, &admin, &["revoke", &reader_id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         status(
             agent()

@@ -100,7 +100,12 @@ fn flight_clients_query_browse_and_ingest() {
         ));
     }
     write(&s, None, "fleet", &body);
-    write(&s, None, "other", "mem,host=a used=1i 1\nmem,host=b used=2i 2\nmem,host=c used=3i 3\n");
+    write(
+        &s,
+        None,
+        "other",
+        "mem,host=a used=1i 1\nmem,host=b used=2i 2\nmem,host=c used=3i 3\n",
+    );
     run_clients(&["open".into(), grpc.to_string(), s.port.to_string()]);
 }
 
@@ -116,8 +121,16 @@ fn flight_tokens_are_checked() {
         &["--grpc-addr", &grpc_addr],
     )
     .unwrap();
-    let admin = s.admin_token.clone().expect("admin token printed on first start");
-    write(&s, Some(&admin), "fleet", "cpu,host=a usage=1 1\ncpu,host=b usage=2 2\ncpu,host=c usage=3 3\n");
+    let admin = s
+        .admin_token
+        .clone()
+        .expect("admin token printed on first start");
+    write(
+        &s,
+        Some(&admin),
+        "fleet",
+        "cpu,host=a usage=1 1\ncpu,host=b usage=2 2\ncpu,host=c usage=3 3\n",
+    );
     write(&s, Some(&admin), "other", "mem,host=a used=1i 1\n");
     let read_fleet = create_token(&s, &admin, json!({"read": true, "db": "fleet"}));
     let write_fleet = create_token(&s, &admin, json!({"write": true, "db": "fleet"}));

@@ -59,7 +59,16 @@ fn psql(port: u16, db: &str, user: &str, password: Option<&str>, sql: &str) -> O
     check_psql();
     let mut c = Command::new("psql");
     c.args(["-X", "-w", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", db])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            db,
+        ])
         .args(["-c", sql])
         .env("PGCONNECT_TIMEOUT", "20")
         .env_remove("PGPASSWORD")
@@ -203,7 +212,13 @@ fn psql_runs_queries_and_catalog_commands() {
         let err = failed(&psql(port, "fleet", "anyone", None, sql));
         assert!(err.contains("read-only"), "{sql}: {err}");
     }
-    let out = ok(&psql(port, "fleet", "anyone", None, "SELECT count(*) FROM readings"));
+    let out = ok(&psql(
+        port,
+        "fleet",
+        "anyone",
+        None,
+        "SELECT count(*) FROM readings",
+    ));
     assert_eq!(out, "count(*)\n3\n(1 row)\n");
     // Bad SQL and unknown tables are errors, not crashes; the server keeps serving.
     let err = failed(&psql(port, "fleet", "anyone", None, "SELEKT 1"));
@@ -229,16 +244,35 @@ fn token_is_the_password() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with_auth(BIN.as_ref(), &dir.path().join("data"), &["--pg-addr", &addr])
-        .unwrap();
-    let admin = s.admin_token.clone().expect("admin token printed on first start");
+    let s = Server::start_with_auth(
+        BIN.as_ref(),
+        &dir.path().join("data"),
+        &["--pg-addr", &addr],
+    )
+    .unwrap();
+    let admin = s
+        .admin_token
+        .clone()
+        .expect("admin token printed on first start");
     write(&s, Some(&admin));
 
     // The admin token as password: queries work (the user name is not checked).
-    let out = ok(&psql(port, "fleet", "grafana", Some(&admin), "SELECT count(*) AS n FROM readings"));
+    let out = ok(&psql(
+        port,
+        "fleet",
+        "grafana",
+        Some(&admin),
+        "SELECT count(*) AS n FROM readings",
+    ));
     assert_eq!(out, "n\n3\n(1 row)\n");
     // A wrong password: FATAL 28P01 and the connection is closed.
-    let err = failed(&psql(port, "fleet", "grafana", Some("not-a-token"), "SELECT 1"));
+    let err = failed(&psql(
+        port,
+        "fleet",
+        "grafana",
+        Some("not-a-token"),
+        "SELECT 1",
+    ));
     assert!(err.contains("password authentication failed"), "{err}");
     // No password at all (psql -w does not prompt).
     let err = failed(&psql(port, "fleet", "grafana", None, "SELECT 1"));
@@ -279,7 +313,14 @@ fn tls_and_connection_limit() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .arg("-keyout")
         .arg(&key)

@@ -339,7 +339,9 @@ impl Tokens {
         match authorization {
             None => self.authenticate(None),
             Some(h) => self.authenticate(Some(
-                secret_from_authorization(h).ok_or(AuthError::Invalid)?.as_str(),
+                secret_from_authorization(h)
+                    .ok_or(AuthError::Invalid)?
+                    .as_str(),
             )),
         }
     }
@@ -403,7 +405,9 @@ impl Tokens {
             )));
         }
         if map.contains_key(&hash) {
-            return Err(AuthError::BadRequest("that secret is already a token".into()));
+            return Err(AuthError::BadRequest(
+                "that secret is already a token".into(),
+            ));
         }
         map.insert(
             hash.clone(),
@@ -508,7 +512,10 @@ mod tests {
     fn tokens_survive_reopen_and_only_hashes_are_stored() {
         let dir = tempfile::tempdir().unwrap();
         let t = Tokens::open(dir.path()).unwrap();
-        let admin = t.ensure_admin(None).unwrap().expect("first start creates admin");
+        let admin = t
+            .ensure_admin(None)
+            .unwrap()
+            .expect("first start creates admin");
         assert!(t.ensure_admin(None).unwrap().is_none());
         let (reader, info) = t.create(spec(true, false, Some("fleet"))).unwrap();
         let text = std::fs::read_to_string(dir.path().join("auth/tokens.json")).unwrap();
@@ -527,7 +534,10 @@ mod tests {
         assert!(t.revoke(&info.id).unwrap());
         assert!(!t.revoke(&info.id).unwrap());
         let t = Tokens::open(dir.path()).unwrap();
-        assert!(matches!(t.authenticate(Some(&reader)), Err(AuthError::Invalid)));
+        assert!(matches!(
+            t.authenticate(Some(&reader)),
+            Err(AuthError::Invalid)
+        ));
         assert_eq!(t.list().len(), 2);
     }
 
@@ -538,7 +548,10 @@ mod tests {
         t.ensure_admin(Some("annals_test_admin_secret")).unwrap();
         assert!(matches!(t.authenticate(None), Err(AuthError::Missing)));
         assert!(matches!(t.authenticate(Some("")), Err(AuthError::Missing)));
-        assert!(matches!(t.authenticate(Some("nope")), Err(AuthError::Invalid)));
+        assert!(matches!(
+            t.authenticate(Some("nope")),
+            Err(AuthError::Invalid)
+        ));
         assert!(t.authenticate(Some("annals_test_admin_secret")).is_ok());
         let off = Tokens::disabled();
         assert_eq!(off.authenticate(None).unwrap(), Grant::all());
@@ -559,8 +572,14 @@ mod tests {
 
     #[test]
     fn authorization_header_forms() {
-        assert_eq!(secret_from_authorization("Bearer abc").as_deref(), Some("abc"));
-        assert_eq!(secret_from_authorization("Token abc").as_deref(), Some("abc"));
+        assert_eq!(
+            secret_from_authorization("Bearer abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            secret_from_authorization("Token abc").as_deref(),
+            Some("abc")
+        );
         // "user:abc"
         assert_eq!(
             secret_from_authorization("Basic dXNlcjphYmM=").as_deref(),

@@ -26,9 +26,7 @@ use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::sql::server::PeekableFlightDataStream;
-use arrow_flight::sql::{
-    Any, CommandStatementIngest, TableExistsOption, TableNotExistOption,
-};
+use arrow_flight::sql::{Any, CommandStatementIngest, TableExistsOption, TableNotExistOption};
 use arrow_flight::PutResult;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
@@ -153,14 +151,10 @@ fn durable(index: usize, pending: Option<PendingWrite>) -> Durable {
     Box::pin(async move {
         match pending {
             None => Ok((index, None)),
-            Some(p) => p
-                .wait()
-                .await
-                .map(|o| (index, Some(o)))
-                .map_err(|e| {
-                    let s = write_status(&e);
-                    Status::new(s.code(), format!("batch {index}: {}", s.message()))
-                }),
+            Some(p) => p.wait().await.map(|o| (index, Some(o))).map_err(|e| {
+                let s = write_status(&e);
+                Status::new(s.code(), format!("batch {index}: {}", s.message()))
+            }),
         }
     })
 }
@@ -248,7 +242,10 @@ async fn ingest(
         None => Ok(rows),
         Some(e) if rows > 0 => Err(Status::new(
             e.code(),
-            format!("{} ({rows} rows of earlier batches were written)", e.message()),
+            format!(
+                "{} ({rows} rows of earlier batches were written)",
+                e.message()
+            ),
         )),
         Some(e) => Err(e),
     }
@@ -306,7 +303,11 @@ pub(crate) async fn statement_ingest(
     let target = Target {
         db,
         table: cmd.table.clone(),
-        tags: cmd.options.get(TAGS_OPTION).map(|s| tag_list(s)).unwrap_or_default(),
+        tags: cmd
+            .options
+            .get(TAGS_OPTION)
+            .map(|s| tag_list(s))
+            .unwrap_or_default(),
     };
     let rows = ingest(ctx, &target, request.into_inner(), None).await?;
     metrics::counter!("annals_flight_ingest_rows_total").increment(rows);
@@ -388,7 +389,10 @@ mod tests {
         .unwrap();
         let marked = mark_tags(b.clone(), &tag_list(" host, ")).unwrap();
         let f = marked.schema().field(0).clone();
-        assert_eq!(f.metadata().get("annals.kind").map(String::as_str), Some("tag"));
+        assert_eq!(
+            f.metadata().get("annals.kind").map(String::as_str),
+            Some("tag")
+        );
         assert!(marked.schema().field(1).metadata().is_empty());
         let e = mark_tags(b, &["nope".into()]).unwrap_err();
         assert!(e.message().contains("nope"));

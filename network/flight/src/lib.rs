@@ -162,7 +162,10 @@ impl AnnalsFlight {
 }
 
 /// Authenticates a call's `authorization` header.
-pub(crate) fn authenticate(auth: &Tokens, meta: &tonic::metadata::MetadataMap) -> Result<Grant, Status> {
+pub(crate) fn authenticate(
+    auth: &Tokens,
+    meta: &tonic::metadata::MetadataMap,
+) -> Result<Grant, Status> {
     let header = match meta.get("authorization") {
         Some(v) => Some(
             v.to_str()
@@ -170,7 +173,8 @@ pub(crate) fn authenticate(auth: &Tokens, meta: &tonic::metadata::MetadataMap) -
         ),
         None => None,
     };
-    auth.authenticate_header(header).map_err(|e| auth_status(&e))
+    auth.authenticate_header(header)
+        .map_err(|e| auth_status(&e))
 }
 
 /// The gRPC status of an authentication or permission failure.

@@ -60,7 +60,13 @@ impl Prepared {
     }
 
     /// Keeps a statement; returns its handle.
-    pub(crate) fn insert(&self, db: String, sql: String, schema: SchemaRef, grant: &Grant) -> Bytes {
+    pub(crate) fn insert(
+        &self,
+        db: String,
+        sql: String,
+        schema: SchemaRef,
+        grant: &Grant,
+    ) -> Bytes {
         let mut g = self.inner.lock();
         while g.by_id.len() >= self.max {
             g.by_id.pop_first();
@@ -76,7 +82,10 @@ impl Prepared {
                 owner: grant.id.clone(),
             },
         );
-        assert!(g.by_id.len() <= self.max, "prepared statements over their bound");
+        assert!(
+            g.by_id.len() <= self.max,
+            "prepared statements over their bound"
+        );
         let mut h = PREFIX.to_vec();
         h.extend_from_slice(&id.to_le_bytes());
         h.into()
@@ -129,11 +138,17 @@ mod tests {
         let b = p.insert("db".into(), "SELECT 2".into(), s.clone(), &grant("t1"));
         assert_eq!(p.get(&a, &grant("t1")).unwrap().sql, "SELECT 1");
         // Another token cannot use it.
-        assert_eq!(p.get(&a, &grant("t2")).unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(
+            p.get(&a, &grant("t2")).unwrap_err().code(),
+            tonic::Code::NotFound
+        );
         // A third statement drops the oldest.
         let c = p.insert("db".into(), "SELECT 3".into(), s, &grant("t1"));
         assert_eq!(p.len(), 2);
-        assert_eq!(p.get(&a, &grant("t1")).unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(
+            p.get(&a, &grant("t1")).unwrap_err().code(),
+            tonic::Code::NotFound
+        );
         assert_eq!(p.get(&c, &grant("t1")).unwrap().sql, "SELECT 3");
         p.remove(&b, &grant("t1")).unwrap();
         assert!(p.get(&b, &grant("t1")).is_err());

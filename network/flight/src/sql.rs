@@ -13,12 +13,12 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementIngest, CommandStatementQuery, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandStatementIngest, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
-    HandshakeResponse, IpcMessage, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use datafusion::prelude::SQLOptions;
 use futures::{StreamExt, TryStreamExt};
@@ -85,9 +85,7 @@ pub(crate) fn resolve_db(
 }
 
 fn check(grant: &Grant, action: Action, db: &str) -> Result<(), Status> {
-    grant
-        .check(action, Some(db))
-        .map_err(|e| auth_status(&e))
+    grant.check(action, Some(db)).map_err(|e| auth_status(&e))
 }
 
 fn check_sql(sql: &str) -> Result<(), Status> {
@@ -331,7 +329,10 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let grant = grant_of(&request)?;
-        let stmt = self.ctx.prepared.get(&cmd.prepared_statement_handle, grant)?;
+        let stmt = self
+            .ctx
+            .prepared
+            .get(&cmd.prepared_statement_handle, grant)?;
         info(
             &stmt.schema,
             cmd.as_any().encode_to_vec(),
@@ -345,7 +346,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn get_flight_info_schemas(
@@ -354,7 +359,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn get_flight_info_tables(
@@ -363,7 +372,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = GetTablesBuilder::from(query.clone()).schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn get_flight_info_table_types(
@@ -372,7 +385,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn get_flight_info_sql_info(
@@ -380,8 +397,15 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(crate::metadata::sql_info()).schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        let schema = query
+            .clone()
+            .into_builder(crate::metadata::sql_info())
+            .schema();
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_statement(
@@ -390,8 +414,10 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<Boxed<FlightData>>, Status> {
         let grant = grant_of(&request)?;
-        let handle: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
-            .map_err(|e| Status::invalid_argument(format!("not an annals statement ticket: {e}")))?;
+        let handle: StatementHandle =
+            serde_json::from_slice(&ticket.statement_handle).map_err(|e| {
+                Status::invalid_argument(format!("not an annals statement ticket: {e}"))
+            })?;
         let stream = stream_query(&self.ctx, grant, &handle.db, &handle.sql).await?;
         Ok(Response::new(stream))
     }
@@ -402,7 +428,10 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<Boxed<FlightData>>, Status> {
         let grant = grant_of(&request)?;
-        let stmt = self.ctx.prepared.get(&cmd.prepared_statement_handle, grant)?;
+        let stmt = self
+            .ctx
+            .prepared
+            .get(&cmd.prepared_statement_handle, grant)?;
         let stream = stream_query(&self.ctx, grant, &stmt.db, &stmt.sql).await?;
         Ok(Response::new(stream))
     }
@@ -480,7 +509,9 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let grant = grant_of(&request)?.clone();
-        self.ctx.prepared.get(&cmd.prepared_statement_handle, &grant)?;
+        self.ctx
+            .prepared
+            .get(&cmd.prepared_statement_handle, &grant)?;
         // Binding is refused unless the client binds no rows at all.
         let mut rows = 0usize;
         let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(

@@ -90,16 +90,20 @@ mod tests {
 
     #[test]
     fn influx_tickets() {
-        let t = parse_influx(json!({"database": "db", "sql_query": "SELECT 1", "query_type": "sql"}))
-            .unwrap();
+        let t =
+            parse_influx(json!({"database": "db", "sql_query": "SELECT 1", "query_type": "sql"}))
+                .unwrap();
         assert_eq!(t.database.as_deref(), Some("db"));
         assert_eq!(t.sql_query, "SELECT 1");
         // Empty params are what influxdb3-python sends without parameters.
         assert!(parse_influx(json!({"sql_query": "SELECT 1", "params": {}})).is_ok());
-        let e = parse_influx(json!({"database": "db", "sql_query": "SHOW MEASUREMENTS", "query_type": "influxql"}))
-            .unwrap_err();
+        let e = parse_influx(
+            json!({"database": "db", "sql_query": "SHOW MEASUREMENTS", "query_type": "influxql"}),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        let e = parse_influx(json!({"database": "db", "sql_query": "x", "query_type": "flux"})).unwrap_err();
+        let e = parse_influx(json!({"database": "db", "sql_query": "x", "query_type": "flux"}))
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = parse_influx(json!({"database": "db"})).unwrap_err();
         assert!(e.message().contains("sql_query"), "{}", e.message());

@@ -20,7 +20,11 @@ use serde_json::json;
 use crate::AppState;
 
 /// What a route needs: the action, and where its database name is.
-fn requirement(method: &Method, path: &str, query: &HashMap<String, String>) -> Option<(Action, Option<String>)> {
+fn requirement(
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Option<(Action, Option<String>)> {
     let db_param = || {
         query
             .get("db")
@@ -32,12 +36,18 @@ fn requirement(method: &Method, path: &str, query: &HashMap<String, String>) -> 
     let read_only = method == Method::GET || method == Method::HEAD;
     Some(match segs.as_slice() {
         ["health"] | ["ping"] => return None,
-        ["write"] | ["api", "v2", "write"] | ["api", "v3", "write_lp"] => (Action::Write, db_param()),
+        ["write"] | ["api", "v2", "write"] | ["api", "v3", "write_lp"] => {
+            (Action::Write, db_param())
+        }
         ["api", "v3", "flush"] => (Action::Write, None),
         ["api", "v3", "tokens", ..] => (Action::Admin, None),
         ["api", "v3", "devices", ..] if !read_only => (Action::Admin, None),
         ["api", "v3", "tables", db, ..] => {
-            let action = if read_only { Action::Read } else { Action::Admin };
+            let action = if read_only {
+                Action::Read
+            } else {
+                Action::Admin
+            };
             (action, Some((*db).to_owned()))
         }
         _ => (Action::Read, db_param()),
@@ -47,8 +57,16 @@ fn requirement(method: &Method, path: &str, query: &HashMap<String, String>) -> 
 fn refuse(e: &AuthError) -> Response {
     let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let msg = e.to_string();
-    let kind = if code == StatusCode::FORBIDDEN { "forbidden" } else { "unauthorized" };
-    let mut r = (code, Json(json!({ "code": kind, "error": msg, "message": msg }))).into_response();
+    let kind = if code == StatusCode::FORBIDDEN {
+        "forbidden"
+    } else {
+        "unauthorized"
+    };
+    let mut r = (
+        code,
+        Json(json!({ "code": kind, "error": msg, "message": msg })),
+    )
+        .into_response();
     if code == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -127,7 +145,10 @@ pub(crate) async fn revoke(State(s): State<AppState>, Path(id): Path<String>) ->
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => {
             let msg = format!("no valid token with id {id}");
-            (StatusCode::NOT_FOUND, Json(json!({ "code": "not found", "error": msg, "message": msg })))
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "code": "not found", "error": msg, "message": msg })),
+            )
                 .into_response()
         }
         Err(e) => refuse_or_error(&e),
@@ -140,8 +161,16 @@ fn refuse_or_error(e: &AuthError) -> Response {
         return refuse(e);
     }
     let msg = e.to_string();
-    let kind = if code == StatusCode::BAD_REQUEST { "invalid" } else { "internal error" };
-    (code, Json(json!({ "code": kind, "error": msg, "message": msg }))).into_response()
+    let kind = if code == StatusCode::BAD_REQUEST {
+        "invalid"
+    } else {
+        "internal error"
+    };
+    (
+        code,
+        Json(json!({ "code": kind, "error": msg, "message": msg })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -149,7 +178,10 @@ mod tests {
     use super::*;
 
     fn req(method: Method, path: &str, q: &[(&str, &str)]) -> Option<(Action, Option<String>)> {
-        let q = q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let q = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         requirement(&method, path, &q)
     }
 
@@ -169,9 +201,18 @@ mod tests {
             req(Method::GET, "/api/v3/query_sql", &[("db", "fleet")]),
             Some((Action::Read, Some("fleet".into())))
         );
-        assert_eq!(req(Method::POST, "/api/v3/tokens", &[]), Some((Action::Admin, None)));
-        assert_eq!(req(Method::GET, "/api/v3/devices", &[]), Some((Action::Read, None)));
-        assert_eq!(req(Method::POST, "/api/v3/devices", &[]), Some((Action::Admin, None)));
+        assert_eq!(
+            req(Method::POST, "/api/v3/tokens", &[]),
+            Some((Action::Admin, None))
+        );
+        assert_eq!(
+            req(Method::GET, "/api/v3/devices", &[]),
+            Some((Action::Read, None))
+        );
+        assert_eq!(
+            req(Method::POST, "/api/v3/devices", &[]),
+            Some((Action::Admin, None))
+        );
         assert_eq!(
             req(Method::PUT, "/api/v3/tables/fleet/readings/policy", &[]),
             Some((Action::Admin, Some("fleet".into())))
@@ -180,6 +221,9 @@ mod tests {
             req(Method::GET, "/api/v3/tables/fleet/readings/context", &[]),
             Some((Action::Read, Some("fleet".into())))
         );
-        assert_eq!(req(Method::GET, "/metrics", &[]), Some((Action::Read, None)));
+        assert_eq!(
+            req(Method::GET, "/metrics", &[]),
+            Some((Action::Read, None))
+        );
     }
 }

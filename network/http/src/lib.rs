@@ -148,7 +148,10 @@ pub fn router(
         .route("/api/v3/tokens", get(auth::list).post(auth::create))
         .route("/api/v3/tokens/{id}", delete(auth::revoke))
         // Authentication runs before every handler (401/403 change nothing).
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         // A panic in a handler answers 500 on that request; the server keeps serving.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // A body announced larger than the limit is answered 413 before it is read.

@@ -26,6 +26,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use annals_auth::{Action, Grant};
 use annals_query::{QueryError, QueryRequest};
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
@@ -33,7 +34,6 @@ use arrow::json::writer::{JsonArray, LineDelimited};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::body::{Body, Bytes};
-use annals_auth::{Action, Grant};
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -428,7 +428,10 @@ mod tests {
         b.extend_from_slice(&[0xc8, 0x01]);
         assert!(matches!(
             take_frame(&mut b, 64),
-            Err(ProtocolError::TooLarge { bytes: 203, max: 64 })
+            Err(ProtocolError::TooLarge {
+                bytes: 203,
+                max: 64
+            })
         ));
         let mut b = BytesMut::from(&[0x30u8, 0x05, 0x00][..]);
         assert!(take_frame(&mut b, 64).unwrap().is_none());
@@ -450,7 +453,10 @@ mod tests {
         assert_eq!(connect_version(&f).unwrap(), Version::V4);
         match decode(Version::V4, &f).unwrap() {
             Packet::Connect(c) => {
-                assert_eq!((c.client_id.as_str(), c.keep_alive_s, c.clean), ("c", 60, true))
+                assert_eq!(
+                    (c.client_id.as_str(), c.keep_alive_s, c.clean),
+                    ("c", 60, true)
+                )
             }
             p => panic!("{p:?}"),
         }
@@ -460,7 +466,10 @@ mod tests {
         ];
         let f = frame(&v5);
         assert_eq!(connect_version(&f).unwrap(), Version::V5);
-        assert!(matches!(decode(Version::V5, &f).unwrap(), Packet::Connect(_)));
+        assert!(matches!(
+            decode(Version::V5, &f).unwrap(),
+            Packet::Connect(_)
+        ));
         let mut v6 = v4;
         v6[8] = 6;
         assert!(matches!(
@@ -493,7 +502,13 @@ mod tests {
         puback(Version::V5, 7, AckReason::PayloadFormatInvalid, &mut out);
         assert_eq!(out, [0x40, 3, 0, 7, 0x99]);
         out.clear();
-        connack(Version::V4, Err(Refusal::BadCredentials), false, None, &mut out);
+        connack(
+            Version::V4,
+            Err(Refusal::BadCredentials),
+            false,
+            None,
+            &mut out,
+        );
         assert_eq!(out, [0x20, 2, 0, 4]);
         out.clear();
         suback_refused(Version::V4, 3, 2, &mut out);

@@ -107,7 +107,9 @@ pub fn tls_acceptor(cert_path: &str, key_path: &str) -> Result<TlsAcceptor, PgEr
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PgError::Tls(format!("{cert_path}: {e}")))?;
     if certs.is_empty() {
-        return Err(PgError::Tls(format!("{cert_path}: no certificate in the file")));
+        return Err(PgError::Tls(format!(
+            "{cert_path}: no certificate in the file"
+        )));
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| PgError::Tls(format!("{key_path}: {e}")))?;

@@ -105,7 +105,10 @@ enum Kind {
     /// `SET` of a DataFusion or annals option: the service, answered with tag `SET`.
     ServiceSet,
     /// `SET` of a PostgreSQL session parameter: recorded for `SHOW`/`current_setting`.
-    SetParam { name: String, value: Option<String> },
+    SetParam {
+        name: String,
+        value: Option<String>,
+    },
     Show(String),
     Begin,
     Commit,
@@ -244,7 +247,11 @@ fn read_only(word: &str) -> PgWireError {
 }
 
 fn no_session() -> PgWireError {
-    error("FATAL", "08P01", "no session: the startup did not finish".to_string())
+    error(
+        "FATAL",
+        "08P01",
+        "no session: the startup did not finish".to_string(),
+    )
 }
 
 /// Parses (and rewrites for DataFusion) a SQL string within the bounds.
@@ -383,7 +390,13 @@ impl SimpleQueryHandler for Conn {
         for stmt in statements {
             let kind = classify(&stmt);
             match self
-                .execute(&session, &kind, stmt.to_string(), &Format::UnifiedText, fmt.clone())
+                .execute(
+                    &session,
+                    &kind,
+                    stmt.to_string(),
+                    &Format::UnifiedText,
+                    fmt.clone(),
+                )
                 .await
             {
                 Ok(r) => out.push(r),
@@ -614,8 +627,14 @@ mod tests {
         assert!(matches!(kind("BEGIN"), Kind::Begin));
         assert!(matches!(kind("COMMIT"), Kind::Commit));
         assert!(matches!(kind("ROLLBACK"), Kind::Rollback));
-        assert!(matches!(kind("SET datafusion.execution.batch_size = 100"), Kind::ServiceSet));
-        assert!(matches!(kind("SHOW datafusion.execution.batch_size"), Kind::Read));
+        assert!(matches!(
+            kind("SET datafusion.execution.batch_size = 100"),
+            Kind::ServiceSet
+        ));
+        assert!(matches!(
+            kind("SHOW datafusion.execution.batch_size"),
+            Kind::Read
+        ));
         match kind("SET DateStyle = 'ISO, MDY'") {
             Kind::SetParam { name, value } => {
                 assert_eq!(name.to_ascii_lowercase(), "datestyle");

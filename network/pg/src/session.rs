@@ -103,7 +103,10 @@ impl Settings {
             ("timezone", fmt.time_zone),
             ("search_path", db.to_string()),
             ("transaction_isolation", "read committed".to_string()),
-            ("default_transaction_isolation", "read committed".to_string()),
+            (
+                "default_transaction_isolation",
+                "read committed".to_string(),
+            ),
             ("transaction_read_only", "on".to_string()),
             ("default_transaction_read_only", "on".to_string()),
             ("standard_conforming_strings", "on".to_string()),
@@ -140,7 +143,9 @@ impl Settings {
         let name = name.to_ascii_lowercase();
         let mut set = lock(&self.set);
         if !set.contains_key(&name) && set.len() >= SETTINGS_MAX {
-            return Err(format!("at most {SETTINGS_MAX} parameters can be SET per connection"));
+            return Err(format!(
+                "at most {SETTINGS_MAX} parameters can be SET per connection"
+            ));
         }
         set.insert(name, value);
         Ok(())
@@ -209,7 +214,9 @@ fn text_udf(name: &str, value: &str) -> ScalarUDF {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(move |_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.clone()))))
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                value.clone(),
+            ))))
         }),
     )
 }
@@ -235,7 +242,9 @@ fn current_schemas_udf(db: &str) -> ScalarUDF {
             }
             b.values().append_value(&db);
             b.append(true);
-            Ok(ColumnarValue::Scalar(ScalarValue::List(Arc::new(b.finish()))))
+            Ok(ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+                b.finish(),
+            ))))
         }),
     )
 }

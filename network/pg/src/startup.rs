@@ -124,12 +124,13 @@ impl Conn {
         if db != SYSTEM && !service.databases().contains(&db) {
             return Err(fatal(
                 "3D000",
-                format!("database \"{db}\" does not exist (a database appears with its first write)"),
+                format!(
+                    "database \"{db}\" does not exist (a database appears with its first write)"
+                ),
             ));
         }
-        let session = Session::open(service, &db, &grant).map_err(|e| {
-            fatal("XX000", format!("cannot open a session on \"{db}\": {e}"))
-        })?;
+        let session = Session::open(service, &db, &grant)
+            .map_err(|e| fatal("XX000", format!("cannot open a session on \"{db}\": {e}")))?;
         let _ = self.session.set(Arc::new(session));
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = SERVER_VERSION.to_string();
