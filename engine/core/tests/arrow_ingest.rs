@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use annals_engine::arrow_ingest::{IOX_TAG, IOX_TYPE_KEY, KIND_KEY, KIND_TAG};
 use annals_engine::catalog::SchemaError;
@@ -227,19 +226,8 @@ fn write_arrow(
     table: &str,
     batch: &RecordBatch,
 ) -> Result<WriteOutcome, WriteError> {
-    let mut prepared = engine.prepare_arrow(DB, table, batch, &opts(false))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pending = loop {
-        match engine.submit(prepared) {
-            Ok(p) => break p,
-            Err(back) => {
-                assert!(Instant::now() < deadline, "queues stayed full for 10 s");
-                prepared = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    };
-    block_on(pending.wait())
+    let prepared = engine.prepare_arrow(DB, table, batch, &opts(false))?;
+    common::submit_and_wait(engine, prepared)
 }
 
 /// Every stored row grouped by branch, each branch as its `(height, index, encoding)` rows,

@@ -232,7 +232,16 @@ pub(crate) fn write_with(
     body: &str,
     accept_partial: bool,
 ) -> Result<WriteOutcome, WriteError> {
-    let mut prepared = engine.prepare(DB, body.as_bytes(), &opts(accept_partial))?;
+    let prepared = engine.prepare(DB, body.as_bytes(), &opts(accept_partial))?;
+    submit_and_wait(engine, prepared)
+}
+
+/// Queues a prepared request (retrying while the shard queues are full, up to 10 s) and waits
+/// until it is durable.
+pub(crate) fn submit_and_wait(
+    engine: &Engine,
+    mut prepared: annals_engine::prepare::Prepared,
+) -> Result<WriteOutcome, WriteError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let pending = loop {
         match engine.submit(prepared) {
