@@ -66,7 +66,8 @@ impl Chunk {
 #[derive(Debug, Clone)]
 pub struct ChunkOrigin {
     pub table: String,
-    /// 1-based input line of each row.
+    /// Where each row came from: its 1-based input line (line protocol) or its 0-based row
+    /// index in the batch (`Engine::prepare_arrow`).
     pub lines: Vec<u32>,
     /// Leaf hash of each row (to compute `tx_id`s once positions are known).
     pub leaf_hashes: Vec<Hash>,
