@@ -1,8 +1,11 @@
-//! `annals-bench`: generate the TSBS iot workload, load it into a server, compare servers.
-//! See `benches/README.md` for the commands and what each figure means.
+//! `annals-bench`: generate the TSBS iot workload, load it into a server, compare servers, and
+//! compare annals' own ingest paths (`flight`: HTTP line protocol vs Arrow Flight `DoPut` of
+//! the same rows, then Flight `DoGet` streaming). See `benches/README.md` for the commands and
+//! what each figure means.
 
 mod answers;
 mod compare;
+mod flight;
 mod influxql;
 mod load;
 mod postgres;
@@ -51,6 +54,9 @@ enum Cmd {
     /// TSBS iot queries on annals, DuckDB, PostgreSQL and InfluxDB (InfluxQL); check that every
     /// answer agrees and print one markdown report with ratios.
     Compare(SideArgs),
+    /// Line protocol vs Arrow Flight DoPut ingest of the same rows, then Flight DoGet
+    /// streaming; prints a markdown table.
+    Flight(FlightArgs),
 }
 
 /// Scale of the TSBS iot workload: `trucks × duration / 10 s × 2` lines before irregularities.
@@ -102,7 +108,7 @@ struct SendArgs {
     #[arg(long)]
     gzip: bool,
     /// Database (v1, v3) or bucket (v2) name.
-    #[arg(long, default_value = "bench")]
+    #[arg(long, default_value = SendArgs::DB_DEFAULT)]
     db: String,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 120)]
@@ -110,6 +116,8 @@ struct SendArgs {
 }
 
 impl SendArgs {
+    const DB_DEFAULT: &str = "bench";
+
     fn check(&self) -> Result<()> {
         if self.batch_lines == 0 || self.batch_lines > load::BATCH_LINES_MAX {
             bail!(
@@ -232,6 +240,29 @@ struct SideArgs {
     keep_dirs: bool,
 }
 
+#[derive(Debug, Args)]
+struct FlightArgs {
+    #[command(flatten)]
+    scale: Scale,
+    // `--connections` is used by both sides; `--batch-lines` is the lines of a line-protocol
+    // body and so the rows of the Arrow batches made from it (one per table); `--db` is refused
+    // (the sides write to `lp` and `arrow`).
+    #[command(flatten)]
+    send: SendArgs,
+    /// annals binary [default: target/release/annals]
+    #[arg(long)]
+    annals_bin: Option<PathBuf>,
+    /// Where the server's temp dir goes [default: the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Arrow batches (of one table) streamed in one DoPut call.
+    #[arg(long, default_value_t = 16)]
+    batches_per_call: usize,
+    /// Timed DoGet runs of `SELECT * FROM readings` (after one warm-up); the median is shown.
+    #[arg(long, default_value_t = 3)]
+    stream_runs: usize,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -240,6 +271,7 @@ fn main() -> Result<()> {
         Cmd::CompareIngest(args) => runtime()?.block_on(interruptible(compare(args))),
         Cmd::CompareQuery(args) => runtime()?.block_on(interruptible(compare_query(args))),
         Cmd::Compare(args) => runtime()?.block_on(interruptible(side_by_side(args))),
+        Cmd::Flight(args) => runtime()?.block_on(interruptible(flight(args))),
     }
 }
 
@@ -391,6 +423,29 @@ async fn compare_query(args: CompareQueryArgs) -> Result<()> {
         queries,
         annals_only: args.annals_only,
         serve_args: args.serve_args,
+    })
+    .await
+}
+
+async fn flight(args: FlightArgs) -> Result<()> {
+    args.send.check()?;
+    if args.send.db != SendArgs::DB_DEFAULT {
+        bail!(
+            "flight writes to the databases `{}` and `{}`; --db is not used",
+            flight::LP_DB,
+            flight::ARROW_DB
+        );
+    }
+    flight::run(flight::FlightOptions {
+        iot: args.scale.config()?,
+        connections: args.send.connections,
+        batch_lines: args.send.batch_lines,
+        gzip: args.send.gzip,
+        batches_per_call: args.batches_per_call,
+        stream_runs: args.stream_runs,
+        annals_bin: args.annals_bin,
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        timeout: Duration::from_secs(args.send.timeout_secs),
     })
     .await
 }
