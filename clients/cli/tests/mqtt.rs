@@ -252,8 +252,6 @@ fn ok(o: Output) {
 }
 
 #[test]
-// Written this session, not passing yet against the real client (issue 5 is open).
-#[ignore = "not passing yet against the real client; issue 5 stays open"]
 fn mosquitto_pub_qos0_and_qos1_messages_become_rows() {
     let (_d, s, port) = start_mqtt(false);
     let lp = |room: &str, t: f64, i: u64| {
@@ -366,8 +364,6 @@ fn mosquitto_pub_qos0_and_qos1_messages_become_rows() {
 }
 
 #[test]
-// Written this session, not passing yet against the real client (issue 5 is open).
-#[ignore = "not passing yet against the real client; issue 5 stays open"]
 fn paho_mqtt_publishes_qos0_and_qos1_on_311_and_5() {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let check = Command::new(&py)
@@ -421,8 +417,6 @@ fn paho_mqtt_publishes_qos0_and_qos1_on_311_and_5() {
 }
 
 #[test]
-// Written this session, not passing yet against the real client (issue 5 is open).
-#[ignore = "not passing yet against the real client; issue 5 stays open"]
 fn qos1_duplicate_is_stored_once_across_reconnect_and_crash() {
     let (_d, mut s, port) = start_mqtt(false);
     let topic = "annals/farm/write";

@@ -135,6 +135,11 @@ pub(crate) struct Publish {
     pub(crate) topic_alias: Option<u16>,
 }
 
+/// The DUP flag of a PUBLISH: bit 3 of the first byte (MQTT 3.3.1.1, the same in 5.0).
+fn frame_dup(frame: &Frame) -> bool {
+    frame.bytes.first().is_some_and(|b| b & 0x08 != 0)
+}
+
 fn split_qos(q: QoSWithPacketIdentifier) -> (u8, Option<u16>) {
     match q {
         QoSWithPacketIdentifier::Level0 => (0, None),
@@ -164,7 +169,8 @@ pub(crate) fn decode(version: Version, frame: &Frame) -> Result<Packet, Protocol
                         topic: p.topic_name().to_string(),
                         qos,
                         pkid,
-                        dup: p.dup(),
+                        // The codec reads DUP from the wrong bit; the fixed header's bit 3 is the flag.
+                        dup: frame_dup(frame),
                         payload: p.payload().to_vec(),
                         topic_alias: None,
                     })
@@ -206,7 +212,8 @@ pub(crate) fn decode(version: Version, frame: &Frame) -> Result<Packet, Protocol
                         topic: p.topic_name().to_string(),
                         qos,
                         pkid,
-                        dup: p.dup(),
+                        // The codec reads DUP from the wrong bit; the fixed header's bit 3 is the flag.
+                        dup: frame_dup(frame),
                         payload: p.payload().to_vec(),
                         topic_alias: p.properties().topic_alias(),
                     })
@@ -308,7 +315,9 @@ pub(crate) fn connack(
                 props.set_topic_alias_max(Some(0));
                 props.set_wildcard_subscription_available(Some(0));
                 props.set_subscription_identifiers_available(Some(0));
-                props.set_shared_subscription_available(Some(0));
+                // Shared Subscription Available is left out on purpose: mqtt-codec-kit 1.0.5
+                // writes it but does not count it in the property length, which makes the
+                // CONNACK malformed. Subscriptions are refused anyway (SUBACK failure).
                 props.set_assigned_client_identifier(assigned_client_id.map(str::to_owned));
                 p.set_properties(props);
             }
@@ -443,7 +452,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "the DUP flag of a PUBLISH decodes as false (duplicate QoS 1 detection is broken); issue 5 stays open"]
     fn connect_version_and_decode_for_311_and_5() {
         // CONNECT 3.1.1, client "c", clean session, keep-alive 60.
         let v4 = [
@@ -487,6 +495,17 @@ mod tests {
             }
             p => panic!("{p:?}"),
         }
+        // The same in 5.0 (empty property list): DUP is read from the fixed header too.
+        let p5 = [0x3a, 9, 0, 3, b'a', b'/', b'b', 0, 7, 0, b'x'];
+        match decode(Version::V5, &frame(&p5)).unwrap() {
+            Packet::Publish(p) => assert_eq!((p.qos, p.pkid, p.dup), (1, Some(7), true)),
+            p => panic!("{p:?}"),
+        }
+        let p5 = [0x32, 9, 0, 3, b'a', b'/', b'b', 0, 8, 0, b'x'];
+        match decode(Version::V5, &frame(&p5)).unwrap() {
+            Packet::Publish(p) => assert_eq!((p.qos, p.pkid, p.dup), (1, Some(8), false)),
+            p => panic!("{p:?}"),
+        }
         // A PUBLISH whose topic length runs past the packet: an error, not a panic.
         let bad = [0x32, 3, 0, 9, b'a'];
         assert!(decode(Version::V4, &frame(&bad)).is_err());
@@ -510,6 +529,20 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, [0x20, 2, 0, 4]);
+        out.clear();
+        // A 5.0 CONNACK with properties: both lengths agree with the bytes that follow.
+        let announce = Announce {
+            receive_max: 16,
+            packet_bytes_max: 1 << 20,
+        };
+        connack(Version::V5, Ok(announce), false, Some("auto-1"), &mut out);
+        assert_eq!((out[0], usize::from(out[1])), (0x20, out.len() - 2));
+        assert_eq!((out[2], out[3]), (0, 0));
+        assert_eq!(
+            usize::from(out[4]),
+            out.len() - 5,
+            "property length: {out:?}"
+        );
         out.clear();
         suback_refused(Version::V4, 3, 2, &mut out);
         assert_eq!(out, [0x90, 4, 0, 3, 0x80, 0x80]);
