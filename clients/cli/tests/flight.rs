@@ -76,8 +76,6 @@ fn create_token(s: &Server, admin: &str, spec: Value) -> String {
 }
 
 #[test]
-// Written this session, not passing yet against the real client (issue 5 is open).
-#[ignore = "not passing yet against the real client; issue 5 stays open"]
 fn flight_clients_query_browse_and_ingest() {
     check_clients();
     let grpc = free_port();

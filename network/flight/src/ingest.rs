@@ -9,9 +9,10 @@
 //!   its 0-based index in the batch).
 //!
 //! Each batch goes through `Engine::prepare_arrow` (the rules of line protocol; tags are the
-//! columns with field metadata `annals.kind = "tag"`, or named in the ingest option or third
-//! path element `annals.tags` = `a,b`), then the shard queues (waiting at most the write
-//! wait, then `ResourceExhausted`), then waits until its rows are durable. Up to
+//! columns with field metadata `annals.kind = "tag"`, or named in the ingest option
+//! `annals.tags` = `a,b`, or in a third path element `a,b` or `annals.tags=a,b`), then the
+//! shard queues (waiting at most the write wait, then `ResourceExhausted`), then waits until
+//! its rows are durable. Up to
 //! [`IN_FLIGHT_MAX`] batches of one call are in the engine at once. A refused batch ends the
 //! call with `InvalidArgument` naming the batch, row and column; the batches before it stay
 //! written (each batch is all or nothing).
@@ -202,33 +203,38 @@ async fn ingest(
     let mut rows = 0u64;
     let mut index = 0usize;
     let mut first_err = None;
-    while let Some(batch) = batches.next().await {
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                first_err = Some(Status::invalid_argument(format!(
-                    "batch {index}: cannot decode: {e}"
-                )));
-                break;
-            }
-        };
-        match submit(ctx, target, index, batch).await {
-            Ok(pending) => in_flight.push_back(durable(index, pending)),
-            Err(e) => {
-                first_err = Some(e);
-                break;
-            }
-        }
-        index += 1;
-        while in_flight.len() >= IN_FLIGHT_MAX {
-            if let Some(r) = in_flight.next().await {
+    let mut input_open = true;
+    // Read the next batch while fewer than IN_FLIGHT_MAX are in the engine, and send each
+    // receipt as soon as its batch is durable: a client may wait for the receipt of one
+    // batch before it sends the next. Both `next()`s are cancel-safe.
+    while input_open {
+        tokio::select! {
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(e) = finish(r, &mut rows, &receipts).await {
                     first_err.get_or_insert(e);
+                    input_open = false;
                 }
             }
-        }
-        if first_err.is_some() {
-            break;
+            next = batches.next(), if in_flight.len() < IN_FLIGHT_MAX => match next {
+                None => input_open = false,
+                Some(Err(e)) => {
+                    first_err.get_or_insert(Status::invalid_argument(format!(
+                        "batch {index}: cannot decode: {e}"
+                    )));
+                    input_open = false;
+                }
+                Some(Ok(batch)) => match submit(ctx, target, index, batch).await {
+                    Ok(pending) => {
+                        in_flight.push_back(durable(index, pending));
+                        index += 1;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        input_open = false;
+                    }
+                },
+            },
         }
     }
     // Batches already submitted become durable whatever happens next: wait for them, so the
@@ -340,7 +346,13 @@ pub(crate) async fn path_put(
     }
     let (db, table, tags) = match descriptor.path.as_slice() {
         [db, table] => (db.clone(), table.clone(), Vec::new()),
-        [db, table, tags] => (db.clone(), table.clone(), tag_list(tags)),
+        [db, table, tags] => {
+            let list = tags
+                .strip_prefix(TAGS_OPTION)
+                .and_then(|t| t.strip_prefix('='))
+                .unwrap_or(tags);
+            (db.clone(), table.clone(), tag_list(list))
+        }
         p => {
             return Err(Status::invalid_argument(format!(
                 "DoPut path must be [database, table] or [database, table, \"tag1,tag2\"], got {} elements",
