@@ -153,7 +153,7 @@ impl AnnalsFlight {
         tonic::transport::Server::builder()
             .add_service(self.into_server())
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await
