@@ -10,6 +10,8 @@ Exits non-zero (with a traceback) on any failed check; prints "ok" at the end.
 """
 
 import datetime
+import socket
+import struct
 import sys
 
 import psycopg
@@ -35,6 +37,50 @@ def expect_error(fn, sqlstate):
         assert got == sqlstate, f"expected SQLSTATE {sqlstate}, got {got}: {e}"
         return e
     raise AssertionError(f"expected SQLSTATE {sqlstate}, got no error")
+
+
+def expect_refused(fn, message):
+    """A refused connection: libpq reports no SQLSTATE for errors during startup, so psycopg's
+    error is checked by its message (the code itself is checked by startup_sqlstate)."""
+    try:
+        fn()
+    except psycopg.OperationalError as e:
+        assert message in str(e), f"expected {message!r} in: {e}"
+        return e
+    raise AssertionError(f"expected the connection to be refused ({message})")
+
+
+def startup_sqlstate(db="fleet", pw=None):
+    """Speaks the startup of protocol 3.0 over a raw socket and returns the SQLSTATE of the
+    server's ErrorResponse, or None when it reaches ReadyForQuery."""
+    sock = socket.create_connection(("127.0.0.1", int(port)), timeout=20)
+    try:
+        params = b"".join(k + b"\0" + v.encode() + b"\0"
+                          for k, v in ((b"user", user), (b"database", db))) + b"\0"
+        body = struct.pack("!I", 196608) + params
+        sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        buf = b""
+        while True:
+            while len(buf) < 5:
+                chunk = sock.recv(4096)
+                assert chunk, "server closed the connection without an error"
+                buf += chunk
+            kind, length = buf[:1], struct.unpack("!I", buf[1:5])[0]
+            while len(buf) < 1 + length:
+                chunk = sock.recv(4096)
+                assert chunk, "server closed the connection mid-message"
+                buf += chunk
+            msg, buf = buf[5:1 + length], buf[1 + length:]
+            if kind == b"E":
+                fields = {f[:1]: f[1:].decode() for f in msg.split(b"\0") if f}
+                return fields.get(b"C")
+            if kind == b"Z":
+                return None
+            if kind == b"R" and struct.unpack("!I", msg[:4])[0] == 3:
+                pwd = (pw or "").encode() + b"\0"
+                sock.sendall(b"p" + struct.pack("!I", len(pwd) + 4) + pwd)
+    finally:
+        sock.close()
 
 
 def queries():
@@ -105,7 +151,10 @@ def queries():
 def auth():
     with connect(pw=password) as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 3
-    expect_error(lambda: connect(pw="wrong-" + password), "28P01")
+    expect_refused(lambda: connect(pw="wrong-" + password), "password authentication failed")
+    code = startup_sqlstate(pw="wrong-" + password)
+    assert code == "28P01", code
+    assert startup_sqlstate(pw=password) is None
 
 
 def tls():
@@ -121,7 +170,9 @@ def tls():
 def limit():
     a, b = connect(), connect()
     try:
-        expect_error(lambda: connect(), "53300")
+        expect_refused(lambda: connect(), "too many clients")
+        code = startup_sqlstate()
+        assert code == "53300", code
     finally:
         a.close()
         b.close()

@@ -26,8 +26,8 @@
 //!
 //! Types: timestamps without zone → `timestamp`, strings and dictionary strings → `text`,
 //! `f64` → `float8`, `i64` → `int8`, `u64` → `numeric` (no PG integer holds all of it), bool →
-//! `bool`, binary (`_tx_id`) → `bytea`, whose text form is the same hex as over HTTP with
-//! PostgreSQL's `\x` prefix.
+//! `bool`, binary → `bytea`. `_tx_id` is a string column (64 hex digits, as over HTTP and in
+//! proofs), so it is `text`.
 //!
 //! What it must never do: change the ledger. Writes and DDL (`INSERT`, `UPDATE`, `DELETE`,
 //! `COPY`, `CREATE`, `DROP`, `ALTER`, ...) are refused with SQLSTATE 25006 before anything is
