@@ -44,8 +44,9 @@ impl EngineError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
-    /// Malformed input; `line` is 1-based.
-    #[error("line {line}: {message}")]
+    /// Malformed input; `line` is 1-based and `message` is the parser's, which already names
+    /// the line (and the column when one is to blame).
+    #[error("{message}")]
     Parse { line: usize, message: String },
     /// Several lines were rejected (partial acceptance reports all of them).
     #[error("{} lines rejected; first: line {}: {}", .0.len(), .0[0].0, .0[0].1)]

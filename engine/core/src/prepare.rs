@@ -22,6 +22,14 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::catalog::{Catalog, SchemaError, TableSchema};
 use crate::error::WriteError;
 
+/// What a parse error says, without its line number (kept beside it in [`WriteError::Lines`]).
+fn without_line(e: &annals_lp::LineError) -> String {
+    match e.column() {
+        Some(c) => format!("column {c}: {}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
 /// Longest database name.
 pub const DB_NAME_MAX: usize = 64;
 
@@ -606,7 +614,7 @@ pub fn prepare(
                         message: e.to_string(),
                     });
                 }
-                rejected.push((e.line(), e.to_string()));
+                rejected.push((e.line(), without_line(&e)));
             }
         }
     }
