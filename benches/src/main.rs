@@ -256,7 +256,7 @@ struct FlightArgs {
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Arrow batches (of one table) streamed in one DoPut call.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = flight::BATCHES_PER_CALL_DEFAULT)]
     batches_per_call: usize,
     /// Timed DoGet runs of `SELECT * FROM readings` (after one warm-up); the median is shown.
     #[arg(long, default_value_t = 3)]
