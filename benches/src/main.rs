@@ -238,6 +238,9 @@ struct SideArgs {
     /// Keep the servers' data dirs, logs and the export after the run.
     #[arg(long)]
     keep_dirs: bool,
+    /// Skip annals' Arrow Flight DoPut ingest of the same rows (into `<db>_arrow`).
+    #[arg(long)]
+    no_doput: bool,
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +404,7 @@ async fn side_by_side(args: SideArgs) -> Result<()> {
         runs: args.runs,
         python: args.python,
         postgres_bin_dir: args.postgres_bin_dir,
+        doput: !args.no_doput,
     })
     .await
 }

@@ -3,8 +3,10 @@
 //!
 //! Ingest (one server at a time, each with a fresh temp dir, killed when done): InfluxDB 1.x
 //! and annals get the same line-protocol bodies over the same number of HTTP connections
-//! ([`compare::measure`]); PostgreSQL gets the same rows as CSV through `COPY` over as many
-//! connections ([`postgres`]). Queries: annals (restarted on its data, reading finished block
+//! ([`compare::measure`]); annals, restarted on that data, then gets the same rows again as
+//! Arrow batches through Flight `DoPut` into a second database (`<db>_arrow`, [`ingest_doput`];
+//! `--no-doput` skips it), with the same connections and rows per batch; PostgreSQL gets the
+//! same rows as CSV through `COPY` over as many connections ([`postgres`]). Queries: annals (restarted on its data, reading finished block
 //! files), DuckDB over a Parquet export of annals' rows, PostgreSQL, and InfluxDB where
 //! InfluxQL has an equivalent. annals' answers are the reference: any peer whose answer
 //! differs (after sorting; numbers within a relative 1e-9) fails the run after the report is
@@ -21,11 +23,12 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::answers::{self, Rows};
 use crate::compare::{self, CompareOptions, Outcome};
+use crate::flight::{self, PutFigures, PutOptions};
 use crate::influxql;
 use crate::load::{self, Endpoint, Workload};
 use crate::postgres::{self, PgLoad};
 use crate::query::{self, Timing};
-use crate::server;
+use crate::server::{self, Server};
 
 /// Longest a single annals query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -37,6 +40,32 @@ pub(crate) struct SideOptions {
     pub(crate) runs: usize,
     pub(crate) python: PathBuf,
     pub(crate) postgres_bin_dir: Option<PathBuf>,
+    /// Also ingest the rows into annals by Arrow Flight `DoPut` (`--no-doput` turns it off).
+    pub(crate) doput: bool,
+}
+
+/// The database of the `DoPut` step: the line-protocol one's name with this suffix, on the same
+/// server (`bench` gives `bench_arrow`).
+const DOPUT_DB_SUFFIX: &str = "_arrow";
+
+/// The `DoPut` database for line-protocol database `db`.
+fn doput_db(db: &str) -> String {
+    format!("{db}{DOPUT_DB_SUFFIX}")
+}
+
+/// What annals did with the same rows sent by Flight `DoPut`.
+#[derive(Debug)]
+struct DoPutOutcome {
+    db: String,
+    put: PutFigures,
+    /// `VmHWM` of the restarted process: startup on the line-protocol data, then `DoPut`.
+    peak_rss: u64,
+    /// The restarted process's user + system CPU: startup and `DoPut`.
+    cpu_secs: f64,
+    /// Growth of the data dir from just before the first call to the last receipt.
+    disk_bytes: u64,
+    /// Growth of the data dir from the line-protocol load's clean stop to this one's.
+    disk_bytes_stopped: u64,
 }
 
 /// One peer's answer and times for one query.
@@ -51,6 +80,7 @@ struct Answer {
 struct Results {
     rows: u64,
     ingest: Vec<Outcome>,
+    doput: Option<DoPutOutcome>,
     postgres: PgLoad,
     postgres_disk_stopped: u64,
     postgres_version: String,
@@ -96,6 +126,10 @@ fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
 pub(crate) async fn run(opts: SideOptions) -> Result<()> {
     let o = &opts.ingest;
     load::check_db_name(&o.db)?;
+    if opts.doput {
+        load::check_db_name(&doput_db(&o.db))
+            .context("the DoPut step writes to `<db>_arrow`: shorten --db or pass --no-doput")?;
+    }
     ensure!(
         (1..=100).contains(&opts.runs),
         "--runs must be between 1 and 100"
@@ -149,6 +183,11 @@ pub(crate) async fn run(opts: SideOptions) -> Result<()> {
     let mut annals = server::start_annals(&annals_bin, &o.work_dir)?;
     let annals_outcome = compare::measure(&mut annals, o, o.annals_endpoint, &work).await?;
     drop(work);
+    let doput = if opts.doput {
+        Some(ingest_doput(&mut annals, o, &annals_outcome).await?)
+    } else {
+        None
+    };
     let mut pg = postgres::start(&pg_tools, &o.work_dir)?;
     eprintln!("postgres: starting {}", pg.server.version);
     pg.wait_ready()?;
@@ -249,6 +288,7 @@ pub(crate) async fn run(opts: SideOptions) -> Result<()> {
     let results = Results {
         rows: annals_outcome.load.rows,
         ingest: vec![annals_outcome, influx_outcome],
+        doput,
         postgres: pg_load,
         postgres_disk_stopped,
         postgres_version: pg.server.version.clone(),
@@ -280,6 +320,78 @@ pub(crate) async fn run(opts: SideOptions) -> Result<()> {
         results.influxdb.iter().flatten().count()
     );
     Ok(())
+}
+
+/// annals again, restarted on its line-protocol data: the same generated bodies, each parsed
+/// into one Arrow batch per table (as `flight` builds them, before the clock), sent by Flight
+/// `DoPut` into [`doput_db`] over as many connections as the line-protocol load, up to
+/// [`flight::BATCHES_PER_CALL_DEFAULT`] batches of one table per call, every `PutResult` read.
+/// Then each table must hold as many rows in both databases as were generated; the server is
+/// stopped cleanly again. Fails on any error status, short receipt or count mismatch.
+async fn ingest_doput(
+    annals: &mut Server,
+    o: &CompareOptions,
+    lp: &Outcome,
+) -> Result<DoPutOutcome> {
+    let db = doput_db(&o.db);
+    annals.respawn()?;
+    annals.wait_ready("/health", Some(200)).await?;
+    eprintln!(
+        "annals: restarted at {}; converting the same bodies to Arrow for DoPut into {db}...",
+        annals.base_url
+    );
+    let disk_before = annals.data_bytes()?;
+    let put_opts = PutOptions {
+        iot: &o.iot,
+        batch_lines: o.batch_lines,
+        db: &db,
+        batches_per_call: flight::BATCHES_PER_CALL_DEFAULT,
+        connections: o.connections,
+        timeout: o.timeout,
+    };
+    let put = match flight::ingest_arrow(annals, &put_opts).await {
+        Ok(put) => put,
+        Err(e) => {
+            return Err(match annals.check_alive() {
+                Ok(()) => e.context("annals: DoPut failed"),
+                Err(dead) => e.context(format!("{dead:#}")),
+            })
+        }
+    };
+    annals.check_alive()?;
+    let peak_rss = annals.peak_rss_bytes()?;
+    let cpu_secs = annals.cpu_seconds()?;
+    let disk_bytes = annals.data_bytes()?.saturating_sub(disk_before);
+    ensure!(
+        put.timed.rows == lp.load.rows,
+        "annals acknowledged {} rows by DoPut, {} by line protocol",
+        put.timed.rows,
+        lp.load.rows
+    );
+    let client = reqwest::Client::builder()
+        .timeout(QUERY_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")?;
+    for (table, &sent) in &put.table_rows {
+        for counted_db in [&o.db, &db] {
+            let have = flight::count_rows(&client, annals, counted_db, table).await?;
+            ensure!(
+                have == sent,
+                "annals: {counted_db}.{table} holds {have} rows, {sent} were generated"
+            );
+        }
+        eprintln!("annals: {table}: {sent} rows in both {} and {db}", o.db);
+    }
+    annals.terminate()?;
+    let disk_bytes_stopped = annals.data_bytes()?.saturating_sub(lp.disk_bytes_stopped);
+    Ok(DoPutOutcome {
+        db,
+        put,
+        peak_rss,
+        cpu_secs,
+        disk_bytes,
+        disk_bytes_stopped,
+    })
 }
 
 /// `1234567` as `1,234,567`.
@@ -412,6 +524,20 @@ fn report(opts: &SideOptions, r: &Results) -> Result<String> {
             out.cpu_secs,
         )?;
     }
+    if let Some(d) = &r.doput {
+        let put = &d.put;
+        writeln!(
+            s,
+            "| annals (Arrow Flight DoPut) | Arrow record batches over Flight `DoPut` ({:.1} MB \
+             of IPC) | {} | – | – | {:.0} (VmHWM) | {:.1} | {:.1} | {:.1} |",
+            put.timed.bytes as f64 / 1e6,
+            thousands(put.timed.rows_per_sec().round() as u64),
+            mib(d.peak_rss),
+            d.disk_bytes as f64 / put.timed.rows as f64,
+            d.disk_bytes_stopped as f64 / put.timed.rows as f64,
+            d.cpu_secs,
+        )?;
+    }
     let pg = &r.postgres;
     let pg_rate = pg.rows as f64 / pg.elapsed.as_secs_f64();
     writeln!(
@@ -443,6 +569,34 @@ fn report(opts: &SideOptions, r: &Results) -> Result<String> {
         ),
         pg.table_bytes as f64 / pg.rows as f64,
     )?;
+    if let Some(d) = &r.doput {
+        let put = &d.put;
+        writeln!(
+            s,
+            "annals Arrow Flight `DoPut` ÷ annals line protocol: {} rows/s; ÷ InfluxDB: {} \
+             rows/s. The same rows, parsed by annals' line-protocol parser into one Arrow batch \
+             per table and body (up to {} rows; tags `Utf8`, `time` `Timestamp(ns)`), {} \
+             batches in {} `DoPut` calls of up to {} batches of one table ({} closed early by a \
+             change of columns), over {} HTTP/2 connections into `{}` on the same annals, \
+             restarted on its line-protocol data; every `PutResult` (the write receipt of a \
+             batch) read. The conversion and IPC encoding happen before the clock, as the \
+             line-protocol bodies are built before theirs. Each table holds the generated rows \
+             in both `{}` and `{}`. p50/p99 are per-request latencies, which a `DoPut` call of \
+             several batches has no counterpart for; memory and CPU are the restarted \
+             process's (startup and `DoPut`); disk is what the data dir grew by.\n",
+            ratio(put.timed.rows_per_sec(), annals.load.rows_per_sec()),
+            ratio(put.timed.rows_per_sec(), influx.load.rows_per_sec()),
+            o.batch_lines,
+            thousands(put.batches),
+            thousands(put.calls as u64),
+            flight::BATCHES_PER_CALL_DEFAULT,
+            put.schema_cuts,
+            o.connections,
+            d.db,
+            o.db,
+            d.db,
+        )?;
+    }
     writeln!(
         s,
         "Peak memory: annals and InfluxDB are one process each (`VmHWM` at the end of the load); \

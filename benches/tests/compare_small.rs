@@ -1,5 +1,6 @@
 //! `annals-bench compare` end to end at a tiny scale, as a correctness check (not timed): the
-//! harness starts annals, InfluxDB 1.x and PostgreSQL itself, loads the same rows into each,
+//! harness starts annals, InfluxDB 1.x and PostgreSQL itself, loads the same rows into each
+//! (into annals twice: line protocol, then Arrow Flight `DoPut` into a second database),
 //! runs the TSBS iot queries on annals, DuckDB, PostgreSQL and InfluxDB, and must find every
 //! answer equal. A missing peer (influxd, PostgreSQL's initdb/postgres/psql, Python's duckdb)
 //! fails the test: CI installs them (`.ci/run`).
@@ -80,6 +81,25 @@ fn every_peer_gives_annals_answers() {
         assert!(row.ends_with("| agree |"), "{row}");
     }
     assert!(stdout.contains("#### Ingest"), "{stdout}");
+    // annals took the same rows again by Arrow Flight DoPut into its second database, and
+    // both databases hold every generated row.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("| annals (Arrow Flight DoPut) | ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("annals Arrow Flight `DoPut` ÷ annals line protocol: "),
+        "{stdout}"
+    );
+    for table in ["readings", "diagnostics"] {
+        assert!(
+            stderr.contains(&format!("annals: {table}: "))
+                && stderr.contains(" rows in both bench and bench_arrow"),
+            "{stderr}"
+        );
+    }
     assert!(stdout.contains("PostgreSQL"), "{stdout}");
     // The harness removed every server's files.
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();

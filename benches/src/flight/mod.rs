@@ -45,8 +45,11 @@ use std::time::Duration;
 use annals_bench::tsbs::IotConfig;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+pub(crate) use self::get::count_rows;
+pub(crate) use self::put::{ingest_arrow, PutFigures, PutOptions};
+
 use self::get::{do_get_once, http_json_once, verify_counts};
-use self::put::{flight_client, ingest_arrow, PutFigures, PutOptions, Timed};
+use self::put::{flight_client, Timed};
 use self::report::print_table;
 use crate::compare;
 use crate::load::{self, Endpoint, LoadOptions, LoadReport, Workload};
