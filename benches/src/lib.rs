@@ -5,12 +5,14 @@
 //!   `diagnostics` every 10 s, with TSBS's missing rows, null fields and late rows) as
 //!   nanosecond line protocol, streamed line by line or in request-sized batches;
 //! - the `annals-bench` binary (`src/main.rs` and its private modules `load`, `server`,
-//!   `compare`): `gen` writes the workload to a file, `load` replays it over HTTP against any
+//!   `compare`): `gen` writes the workload to a file (line protocol, or one Parquet file per
+//!   table with a fixed schema from [`tsbs::TABLES`]), `load` replays it over HTTP against any
 //!   server speaking the InfluxDB write API, `compare-ingest` starts annals and InfluxDB 1.x
 //!   itself and loads the same batches into each, `compare-query` times the TSBS queries on
-//!   annals and DuckDB, and `compare` runs everything side by side (annals, InfluxDB 1.x,
-//!   PostgreSQL through `COPY` and `psql`, DuckDB) and fails when any peer's answer differs
-//!   from annals';
+//!   annals and DuckDB, `flight` compares annals' line-protocol and Arrow Flight ingest, and
+//!   `compare` runs everything side by side (annals by line protocol and by Flight `DoPut`,
+//!   InfluxDB 1.x, PostgreSQL through `COPY` and `psql`, DuckDB) and fails when any peer's
+//!   answer differs from annals';
 //! - criterion micro-benchmarks in `benches/`: generation throughput, and the engine's parts in
 //!   process (parsing, row encoding and hashing, Merkle trees, signatures, request preparation,
 //!   WAL, branch log, block files, end-to-end ingest); only the bench targets link the engine's

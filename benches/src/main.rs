@@ -6,6 +6,7 @@
 mod answers;
 mod compare;
 mod flight;
+mod gen_parquet;
 mod influxql;
 mod load;
 mod postgres;
@@ -41,7 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Write the TSBS iot workload as line protocol (readings and diagnostics interleaved).
+    /// Write the TSBS iot workload as line protocol (readings and diagnostics interleaved), or
+    /// as one Parquet file per table with `--format parquet`.
     Gen(GenArgs),
     /// Send line protocol to a server speaking the InfluxDB write API and report throughput.
     Load(LoadArgs),
@@ -86,13 +88,25 @@ impl Scale {
     }
 }
 
+/// What `gen` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GenFormat {
+    /// One line-protocol file, the two tables interleaved in time order.
+    Lp,
+    /// A directory with `readings.parquet` and `diagnostics.parquet`.
+    Parquet,
+}
+
 #[derive(Debug, Args)]
 struct GenArgs {
     #[command(flatten)]
     scale: Scale,
-    /// Output file, `-` for standard output.
+    /// Output: a file (`-` for standard output) for line protocol, a directory for Parquet.
     #[arg(long)]
     out: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "lp")]
+    format: GenFormat,
 }
 
 /// How requests are shaped and sent.
@@ -295,6 +309,9 @@ async fn interruptible(fut: impl std::future::Future<Output = Result<()>>) -> Re
 
 fn gen(args: GenArgs) -> Result<()> {
     let cfg = args.scale.config()?;
+    if args.format == GenFormat::Parquet {
+        return gen_parquet(&cfg, &args.out);
+    }
     let started = Instant::now();
     let mut out: Box<dyn std::io::Write> = if args.out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
@@ -318,6 +335,36 @@ fn gen(args: GenArgs) -> Result<()> {
          {} with a cleared tag",
         s.emitted,
         bytes as f64 / 1e6,
+        s.entries,
+        started.elapsed().as_secs_f64(),
+        s.missing,
+        s.late,
+        s.null_fields,
+        s.cleared_tags
+    );
+    Ok(())
+}
+
+/// `gen --format parquet`: one file per table in `dir`, streamed (see `gen_parquet`).
+fn gen_parquet(cfg: &annals_bench::tsbs::IotConfig, dir: &std::path::Path) -> Result<()> {
+    if dir.as_os_str() == "-" {
+        bail!("--format parquet writes a directory; --out - is for line protocol");
+    }
+    let started = Instant::now();
+    let out = gen_parquet::write(cfg, dir, gen_parquet::ROW_GROUP_ROWS_MAX)?;
+    for (path, rows, groups) in &out.files {
+        let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        eprintln!(
+            "{}: {rows} rows in {groups} row groups ({:.1} MB)",
+            path.display(),
+            bytes as f64 / 1e6
+        );
+    }
+    let s = out.stats;
+    eprintln!(
+        "{} rows of {} slots in {:.2} s: {} missing, {} late, {} with a null field, {} with a \
+         cleared tag",
+        s.emitted,
         s.entries,
         started.elapsed().as_secs_f64(),
         s.missing,

@@ -45,6 +45,7 @@ use std::time::Duration;
 use annals_bench::tsbs::IotConfig;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+pub(crate) use self::arrow::{lp_to_arrow, KIND_KEY, KIND_TAG, TIME_COLUMN};
 pub(crate) use self::get::count_rows;
 pub(crate) use self::put::{ingest_arrow, PutFigures, PutOptions};
 

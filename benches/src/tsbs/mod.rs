@@ -29,7 +29,9 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use truck::{below, unit, Table, Truck, FIELD_COUNTS, TAG_KEYS};
+use truck::{below, unit, Table, Truck, DIAGNOSTICS_FIELDS, FIELD_COUNTS, READINGS_FIELDS};
+
+pub use truck::TAG_KEYS;
 
 /// TSBS's default start: 2016-01-01T00:00:00Z, in nanoseconds.
 pub const START_DEFAULT_NS: i64 = 1_451_606_400_000_000_000;
@@ -46,6 +48,59 @@ pub const ENTRIES_MAX: u64 = 10_000_000_000;
 /// Stream id of the irregularity decisions; truck streams are their index.
 const IRREGULARITY_STREAM: u64 = u64::MAX;
 const RING: usize = DELAY_STEPS_MAX as usize + 1;
+
+/// Type of a field column as the generator writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// A float (`1.5`, `231`): no suffix in line protocol.
+    Float,
+    /// A signed integer (`3i`).
+    Integer,
+}
+
+/// The columns one table can have. Every line carries `time`; a line may lack any one tag
+/// (a cleared tag) or field (a null field), so no tag or field column is ever complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableColumns {
+    pub table: &'static str,
+    /// [`TAG_KEYS`]: the same for both tables.
+    pub tags: &'static [&'static str],
+    /// Field names and types, in TSBS's order.
+    pub fields: &'static [(&'static str, FieldType)],
+}
+
+/// `readings` fields: seven floats.
+const READINGS_COLUMNS: [(&str, FieldType); READINGS_FIELDS.len()] = {
+    let mut cols = [("", FieldType::Float); READINGS_FIELDS.len()];
+    let mut i = 0;
+    while i < READINGS_FIELDS.len() {
+        cols[i].0 = READINGS_FIELDS[i];
+        i += 1;
+    }
+    cols
+};
+
+/// `diagnostics` fields: two floats and the integer `status`.
+const DIAGNOSTICS_COLUMNS: [(&str, FieldType); 3] = [
+    (DIAGNOSTICS_FIELDS[0], FieldType::Float),
+    (DIAGNOSTICS_FIELDS[1], FieldType::Float),
+    (DIAGNOSTICS_FIELDS[2], FieldType::Integer),
+];
+
+/// Every table of the `iot` use case and every column it can have, in the order lines are
+/// written (`readings`, then `diagnostics`).
+pub const TABLES: [TableColumns; 2] = [
+    TableColumns {
+        table: "readings",
+        tags: &TAG_KEYS,
+        fields: &READINGS_COLUMNS,
+    },
+    TableColumns {
+        table: "diagnostics",
+        tags: &TAG_KEYS,
+        fields: &DIAGNOSTICS_COLUMNS,
+    },
+];
 
 /// Errors of the generator's configuration.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Tag keys in the order TSBS writes them.
-pub(crate) const TAG_KEYS: [&str; 8] = [
+pub const TAG_KEYS: [&str; 8] = [
     "name",
     "fleet",
     "driver",
@@ -119,8 +119,25 @@ const READINGS: [Walk; 7] = [
     },
 ];
 
+/// `readings` field names, in TSBS's order (all floats).
+pub(crate) const READINGS_FIELDS: [&str; READINGS.len()] = {
+    let mut names = [""; READINGS.len()];
+    let mut i = 0;
+    while i < READINGS.len() {
+        names[i] = READINGS[i].field;
+        i += 1;
+    }
+    names
+};
+
+/// `diagnostics` field names, in TSBS's order: two floats, then the integer `status`.
+pub(crate) const DIAGNOSTICS_FIELDS: [&str; 3] = ["fuel_state", "current_load", "status"];
+
 /// Number of fields of each table, indexed by [`Table`].
-pub(crate) const FIELD_COUNTS: [u32; 2] = [READINGS.len() as u32, 3];
+pub(crate) const FIELD_COUNTS: [u32; 2] = [
+    READINGS_FIELDS.len() as u32,
+    DIAGNOSTICS_FIELDS.len() as u32,
+];
 
 const LOAD_MAX: f64 = 5000.0;
 /// Chance per step that a truck's load changes (TSBS's `loadChangeChance`).
@@ -224,10 +241,7 @@ impl Truck {
         cleared_tag: Option<u32>,
     ) {
         let start = out.len();
-        out.extend_from_slice(match table {
-            Table::Readings => b"readings",
-            Table::Diagnostics => b"diagnostics",
-        });
+        out.extend_from_slice(super::TABLES[table as usize].table.as_bytes());
         match cleared_tag {
             None => out.extend_from_slice(&self.tags_rendered),
             Some(t) => self.write_tags(out, Some(t as usize % TAG_KEYS.len())),
@@ -253,13 +267,14 @@ impl Truck {
                 }
             }
             Table::Diagnostics => {
-                if field(out, 0, "fuel_state") {
+                let [fuel_state, current_load, status] = DIAGNOSTICS_FIELDS;
+                if field(out, 0, fuel_state) {
                     write_f64(out, round_to(self.fuel_state, 1));
                 }
-                if field(out, 1, "current_load") {
+                if field(out, 1, current_load) {
                     write_f64(out, round_to(self.current_load, 0));
                 }
-                if field(out, 2, "status") {
+                if field(out, 2, status) {
                     // Infallible: writing into a Vec.
                     let _ = write!(out, "{}i", self.status.round() as i64);
                 }
