@@ -143,6 +143,26 @@ def run_open(grpc, http):
     assert len(tx_ids) == 300
     ledger = http_sql(http, "fleet", "SELECT _tx_id FROM ledger('climate')")
     assert {r["_tx_id"] for r in ledger} == tx_ids, "receipt tx_ids differ from the ledger's"
+    # Compact receipts on request (row count and runs, no per-row entries); a bad form is refused.
+    compact = fl.FlightCallOptions(headers=[(b"annals-receipt", b"compact")])
+    writer, meta = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
+                                 options=compact)
+    writer.write_batch(batch)
+    r = json.loads(meta.read().to_pybytes())
+    writer.done_writing()
+    writer.close()
+    assert r["receipt"] == "compact" and r["rows"] == 100 and "entries" not in r, r
+    assert sum(run["count"] for run in r["runs"]) == 100, r
+    bad_form = fl.FlightCallOptions(headers=[(b"annals-receipt", b"tiny")])
+
+    def put_bad_form():
+        w, m = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
+                             options=bad_form)
+        w.write_batch(batch)
+        w.done_writing()
+        m.read()
+        w.close()
+    expect_error(put_bad_form, (fl.FlightError, pa.ArrowException), "annals-receipt")
     # A bad batch is refused with the row and column named; nothing of it is written.
     bad = pa.record_batch([
         pa.array([1, 2], pa.timestamp("ns")),
@@ -169,7 +189,7 @@ def run_open(grpc, http):
         schemas = {s["db_schema_name"]: s for s in catalogs["fleet"]["catalog_db_schemas"]}
         assert set(schemas) == {"fleet", "system"}, set(schemas)
         tables = {t["table_name"] for t in schemas["fleet"]["db_schema_tables"]}
-        assert tables == {"cpu", "climate"}, tables
+        assert tables == {"cpu", "climate", "climate2"}, tables
         cpu = [t for t in schemas["fleet"]["db_schema_tables"] if t["table_name"] == "cpu"][0]
         assert {c["column_name"] for c in cpu["table_columns"]} >= {"time", "host", "usage"}
         sys_tables = {t["table_name"] for t in schemas["system"]["db_schema_tables"]}

@@ -7,6 +7,8 @@
 //! - Plain `DoPut` with a path descriptor `[database, table]`: one `PutResult` per batch whose
 //!   `app_metadata` is the JSON write receipt (the shape of the HTTP receipt; a row's `line` is
 //!   its 0-based index in the batch).
+//!   Full by default (every row's position and `tx_id`); request header `annals-receipt:
+//!   compact` asks for the compact form (row count and runs), as HTTP's `receipt=compact`.
 //!
 //! Each batch goes through `Engine::prepare_arrow` (the rules of line protocol; tags are the
 //! columns with field metadata `annals.kind = "tag"`, or named in the ingest option
@@ -43,6 +45,9 @@ pub(crate) const IN_FLIGHT_MAX: usize = 4;
 const RECEIPTS_QUEUED_MAX: usize = 8;
 /// Ingest option (and third path element) naming tag columns: `annals.tags=a,b`.
 pub(crate) const TAGS_OPTION: &str = "annals.tags";
+/// Request header choosing the plain `DoPut` receipt: `full` (default: every row's position
+/// and `tx_id`, as HTTP's `receipt=true`) or `compact` (row count and runs, as `receipt=compact`).
+pub(crate) const RECEIPT_HEADER: &str = "annals-receipt";
 
 /// Where a call's batches go.
 #[derive(Debug, Clone)]
@@ -51,6 +56,8 @@ struct Target {
     table: String,
     /// Columns to treat as tags besides those marked in their metadata.
     tags: Vec<String>,
+    /// What each plain `DoPut` receipt holds.
+    receipt: ReceiptForm,
 }
 
 fn check(grant: &Grant, db: &str) -> Result<(), Status> {
@@ -169,12 +176,13 @@ async fn finish(
     r: Result<(usize, Option<WriteOutcome>), Status>,
     rows: &mut u64,
     receipts: &Receipts,
+    form: ReceiptForm,
 ) -> Result<(), Status> {
     let (i, outcome) = r?;
     *rows += outcome.as_ref().map_or(0, |o| o.rows as u64);
     if let Some(tx) = receipts {
         let mut receipt = match outcome {
-            Some(o) => o.receipt(ReceiptForm::Full),
+            Some(o) => o.receipt(form),
             None => serde_json::json!({ "rows": 0 }),
         };
         receipt["batch"] = serde_json::json!(i);
@@ -211,7 +219,7 @@ async fn ingest(
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = finish(r, &mut rows, &receipts).await {
+                if let Err(e) = finish(r, &mut rows, &receipts, target.receipt).await {
                     first_err.get_or_insert(e);
                     input_open = false;
                 }
@@ -240,7 +248,7 @@ async fn ingest(
     // Batches already submitted become durable whatever happens next: wait for them, so the
     // answer tells what was written.
     while let Some(r) = in_flight.next().await {
-        if let Err(e) = finish(r, &mut rows, &receipts).await {
+        if let Err(e) = finish(r, &mut rows, &receipts, target.receipt).await {
             first_err.get_or_insert(e);
         }
     }
@@ -314,6 +322,8 @@ pub(crate) async fn statement_ingest(
             .get(TAGS_OPTION)
             .map(|s| tag_list(s))
             .unwrap_or_default(),
+        // Flight SQL ingest answers a row count, not receipts.
+        receipt: ReceiptForm::Compact,
     };
     let rows = ingest(ctx, &target, request.into_inner(), None).await?;
     metrics::counter!("annals_flight_ingest_rows_total").increment(rows);
@@ -361,7 +371,25 @@ pub(crate) async fn path_put(
         }
     };
     check(&grant, &db)?;
-    let target = Target { db, table, tags };
+    let receipt = match request
+        .metadata()
+        .get(RECEIPT_HEADER)
+        .map(|v| v.to_str().unwrap_or_default())
+    {
+        None | Some("full") => ReceiptForm::Full,
+        Some("compact") => ReceiptForm::Compact,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "{RECEIPT_HEADER}: {other:?} is not `full` or `compact`"
+            )))
+        }
+    };
+    let target = Target {
+        db,
+        table,
+        tags,
+        receipt,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<PutResult, Status>>(RECEIPTS_QUEUED_MAX);
     let ctx = ctx.clone();
     let input = request.into_inner();
