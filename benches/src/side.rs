@@ -578,8 +578,8 @@ fn report(opts: &SideOptions, r: &Results) -> Result<String> {
              per table and body (up to {} rows; tags `Utf8`, `time` `Timestamp(ns)`), {} \
              batches in {} `DoPut` calls of up to {} batches of one table ({} closed early by a \
              change of columns), over {} HTTP/2 connections into `{}` on the same annals, \
-             restarted on its line-protocol data; every `PutResult` (the write receipt of a \
-             batch) read. The conversion and IPC encoding happen before the clock, as the \
+             restarted on its line-protocol data; every `PutResult` (the compact write receipt \
+             of a batch, `annals-receipt: compact`) read. The conversion and IPC encoding happen before the clock, as the \
              line-protocol bodies are built before theirs. Each table holds the generated rows \
              in both `{}` and `{}`. p50/p99 are per-request latencies, which a `DoPut` call of \
              several batches has no counterpart for; memory and CPU are the restarted \

@@ -110,8 +110,9 @@ pub(super) fn print_table(opts: &FlightOptions, f: &Figures) {
     );
     println!();
     println!(
-        "`DoPut` answers every batch with its write receipt (one entry per row); the \
-         line-protocol requests ask for none. The `DoGet` figure follows one warm-up run."
+        "`DoPut` asks for compact receipts (`annals-receipt: compact`: rows and runs per \
+         batch); the line-protocol requests ask for none. The `DoGet` figure follows one \
+         warm-up run."
     );
 }
 
