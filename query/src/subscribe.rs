@@ -237,6 +237,24 @@ pub struct SubscribeRequest {
     pub filter: Option<String>,
 }
 
+/// Shortest and longest heartbeat a subscriber may ask for, in seconds.
+pub const HEARTBEAT_SECS_MIN: f64 = 0.1;
+pub const HEARTBEAT_SECS_MAX: f64 = 300.0;
+
+/// The heartbeat a subscriber asked for (`None`: the default), or why it is refused.
+pub fn heartbeat_from_secs(secs: Option<f64>) -> Result<Duration, String> {
+    match secs {
+        None => Ok(SubscribeOptions::default().heartbeat),
+        Some(s) if (HEARTBEAT_SECS_MIN..=HEARTBEAT_SECS_MAX).contains(&s) => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        Some(s) => Err(format!(
+            "heartbeat {s} is out of range: give seconds from {HEARTBEAT_SECS_MIN} to \
+             {HEARTBEAT_SECS_MAX}"
+        )),
+    }
+}
+
 /// Timing and limits.
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {

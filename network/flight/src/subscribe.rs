@@ -37,10 +37,6 @@ use tonic::Status;
 
 use crate::FlightContext;
 
-/// Shortest and longest accepted `heartbeat`, in seconds.
-const HEARTBEAT_SECS_MIN: f64 = 0.1;
-const HEARTBEAT_SECS_MAX: f64 = 300.0;
-
 /// The `"subscribe"` member of a ticket.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,18 +69,7 @@ fn parse(ticket: &Value) -> Result<(SubscribeRequest, Duration), Status> {
         Some(v) => return Err(bad(format!("bad cursor {v}: a string or an epoch"))),
     };
     let start = Start::parse(from.as_deref()).map_err(|e| bad(e.to_string()))?;
-    let heartbeat = match t.heartbeat {
-        None => SubscribeOptions::default().heartbeat,
-        Some(s) if (HEARTBEAT_SECS_MIN..=HEARTBEAT_SECS_MAX).contains(&s) => {
-            Duration::from_secs_f64(s)
-        }
-        Some(s) => {
-            return Err(bad(format!(
-                "heartbeat {s} is out of range: give seconds from {HEARTBEAT_SECS_MIN} to \
-                 {HEARTBEAT_SECS_MAX}"
-            )))
-        }
-    };
+    let heartbeat = annals_query::subscribe::heartbeat_from_secs(t.heartbeat).map_err(bad)?;
     Ok((
         SubscribeRequest {
             db: t.db,

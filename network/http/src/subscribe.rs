@@ -41,10 +41,6 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 
-/// Shortest and longest accepted `heartbeat`, in seconds.
-const HEARTBEAT_SECS_MIN: f64 = 0.1;
-const HEARTBEAT_SECS_MAX: f64 = 300.0;
-
 /// The query-string parameters.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Params {
@@ -95,18 +91,7 @@ fn check(p: Params) -> Result<(SubscribeRequest, Duration), (StatusCode, String)
         None | Some("") | Some("ndjson") | Some("jsonl") => {}
         Some(f) => return Err(bad(format!("unknown format {f:?}: use ndjson"))),
     }
-    let heartbeat = match p.heartbeat {
-        None => SubscribeOptions::default().heartbeat,
-        Some(s) if (HEARTBEAT_SECS_MIN..=HEARTBEAT_SECS_MAX).contains(&s) => {
-            Duration::from_secs_f64(s)
-        }
-        Some(s) => {
-            return Err(bad(format!(
-                "heartbeat {s} is out of range: give seconds from {HEARTBEAT_SECS_MIN} to \
-                 {HEARTBEAT_SECS_MAX}"
-            )))
-        }
-    };
+    let heartbeat = annals_query::subscribe::heartbeat_from_secs(p.heartbeat).map_err(bad)?;
     let start = Start::parse(p.from.as_deref()).map_err(|e| bad(e.to_string()))?;
     Ok((
         SubscribeRequest {
