@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::*;
 
@@ -145,6 +145,7 @@ fn tsbs_stream_parses_and_has_expected_irregularities() {
 
     let (mut null_seen, mut cleared_seen, mut out_of_order) = (0u64, 0u64, 0u64);
     let mut last: HashMap<(String, String), i64> = HashMap::new();
+    let mut seen = HashSet::new();
     let mut newest = i64::MIN;
     let end = START_DEFAULT_NS + 720 * 10_000_000_000;
     for line in text.lines() {
@@ -168,14 +169,23 @@ fn tsbs_stream_parses_and_has_expected_irregularities() {
             "{line}"
         );
         newest = newest.max(l.ts);
-        if let Some(&(_, name)) = l.tags.iter().find(|(k, _)| *k == "name") {
-            let key = (l.measurement.to_owned(), name.to_owned());
-            let prev = last.entry(key).or_insert(i64::MIN);
-            if l.ts < *prev {
-                out_of_order += 1;
-            }
-            *prev = (*prev).max(l.ts);
+        // `name` is never cleared, so no two lines share a series and a time (InfluxDB
+        // would keep only one of them).
+        let &(_, name) = l
+            .tags
+            .iter()
+            .find(|(k, _)| *k == "name")
+            .unwrap_or_else(|| panic!("no name: {line}"));
+        assert!(
+            seen.insert((l.measurement, name, l.ts)),
+            "series and time twice: {line}"
+        );
+        let key = (l.measurement.to_owned(), name.to_owned());
+        let prev = last.entry(key).or_insert(i64::MIN);
+        if l.ts < *prev {
+            out_of_order += 1;
         }
+        *prev = (*prev).max(l.ts);
     }
     assert_eq!(null_seen, stats.null_fields);
     assert_eq!(cleared_seen, stats.cleared_tags);
