@@ -33,15 +33,17 @@
 //!
 //! ## Cost
 //! Checks and conversions run a column at a time (casts to the table's Arrow types, one pass
-//! per column for value checks). Per row there is only what the ledger needs: the series hash,
-//! the canonical encoding and its leaf hash, written into buffers sized once. The chunk's Arrow
-//! columns are the input's columns, converted once and gathered per shard with `take`.
+//! per column for value checks). So does the canonical row encoding: each row's length, then
+//! each column written at every row's cursor, with the column's name and kind bytes encoded
+//! once. Per row there is only the series hash and the leaf hash. The chunk's Arrow columns
+//! are the input's columns, converted once and gathered per shard with `take`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use annals_format::hash::{leaf_hash, Hash};
-use annals_format::row::{encode_row_presorted, ColumnRef, Kind, ValueRef};
+use annals_format::row::{ColumnRef, Kind, ValueRef};
+use annals_format::FORMAT_VERSION;
 use annals_lp::{Limits, TIME_NS_MAX, TIME_NS_MIN};
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, DictionaryArray, StringArray,
@@ -186,6 +188,7 @@ impl Col<'_> {
 }
 
 /// Typed view of a [`Col`] for the row loop.
+#[derive(Clone, Copy)]
 enum Access<'a> {
     Tag(&'a [i32], &'a StringArray),
     F64(&'a [f64]),
@@ -479,23 +482,57 @@ struct ShardRows {
     rows: Vec<u32>,
     enc: Vec<u8>,
     offsets: Vec<u32>,
+    /// Where the next column of each row goes in `enc`.
+    cursor: Vec<usize>,
     leaf_hashes: Vec<Hash>,
     times: Vec<i64>,
     newest: HashMap<u64, (i64, u32)>,
 }
 
 impl ShardRows {
-    fn new(cap: usize, row_bytes: usize) -> Self {
+    fn new(cap: usize) -> Self {
         let mut offsets = Vec::with_capacity(cap + 1);
         offsets.push(0);
         Self {
             rows: Vec::with_capacity(cap),
-            enc: Vec::with_capacity(cap * row_bytes),
+            enc: Vec::new(),
             offsets,
+            cursor: Vec::new(),
             leaf_hashes: Vec::with_capacity(cap),
             times: Vec::with_capacity(cap),
             newest: HashMap::new(),
         }
+    }
+}
+
+/// Writes column `col` of each of `rows` (those where it has a value) at the row's cursor in
+/// `enc`: `prefix` (name and kind), then the value, length-prefixed when `sized`.
+#[inline]
+fn fill<V: AsRef<[u8]>>(
+    rows: &[u32],
+    enc: &mut [u8],
+    cursor: &mut [usize],
+    prefix: &[u8],
+    col: &Col<'_>,
+    sized: bool,
+    value: impl Fn(usize) -> V,
+) {
+    for (k, &row) in rows.iter().enumerate() {
+        let row = row as usize;
+        if !col.is_valid(row) {
+            continue;
+        }
+        let v = value(row);
+        let v = v.as_ref();
+        let mut at = cursor[k];
+        enc[at..at + prefix.len()].copy_from_slice(prefix);
+        at += prefix.len();
+        if sized {
+            enc[at..at + 4].copy_from_slice(&(v.len() as u32).to_le_bytes());
+            at += 4;
+        }
+        enc[at..at + v.len()].copy_from_slice(v);
+        cursor[k] = at + v.len();
     }
 }
 
@@ -598,26 +635,19 @@ pub fn prepare_arrow(
     let tag_cols: Vec<usize> = (0..cols.len())
         .filter(|&i| cols[i].kind == Kind::Tag)
         .collect();
-    let nullable: Vec<usize> = (0..cols.len())
-        .filter(|&i| cols[i].valid.is_some())
-        .collect();
 
-    // Per row: series hash and shard, canonical encoding, leaf hash.
+    // The rows of each shard, by series hash.
     let shards = shards.max(1);
-    let row_bytes = 16 + full.len() + cols.iter().map(|c| c.name.len() + 12).sum::<usize>();
+    let name = schema.name.as_str();
     let mut out: Vec<ShardRows> = (0..shards)
         .map(|_| {
-            ShardRows::new(
-                if shards == 1 {
-                    n
-                } else {
-                    n / shards + n / 8 + 16
-                },
-                row_bytes,
-            )
+            ShardRows::new(if shards == 1 {
+                n
+            } else {
+                n / shards + n / 8 + 16
+            })
         })
         .collect();
-    let name = schema.name.as_str();
     for (row, &time) in times.iter().enumerate() {
         let series = series_hash(
             name,
@@ -630,29 +660,114 @@ pub fn prepare_arrow(
                 }),
         );
         let s = &mut out[(series % shards as u64) as usize];
-        let ncols = cols.len() - nullable.iter().filter(|&&i| !cols[i].is_valid(row)).count();
-        let before = s.enc.len();
-        encode_row_presorted(
-            &mut s.enc,
-            name,
-            time,
-            ncols,
-            cols.iter()
-                .zip(&access)
-                .filter(|(c, _)| c.is_valid(row))
-                .map(|(c, a)| ColumnRef {
-                    name: c.name,
-                    value: a.get(row),
-                }),
-        );
-        s.leaf_hashes.push(leaf_hash(&s.enc[before..]));
-        s.offsets.push(s.enc.len() as u32);
         let at = s.rows.len() as u32;
         s.rows.push(row as u32);
         s.times.push(time);
         let e = s.newest.entry(series).or_insert((time, at));
         if time >= e.0 {
             *e = (time, at);
+        }
+    }
+
+    // Canonical encodings, a column at a time: each row's length first, then its header, then
+    // each column (in canonical order) at the row's cursor. The same bytes as
+    // `encode_row_presorted` (the arrow_ingest tests compare them with line protocol's).
+    let head = 1 + 4 + name.len() + 8 + 2;
+    let mut lens: Vec<u32> = vec![head as u32; n];
+    let mut ncols: Vec<u16> = vec![0; n];
+    for (c, a) in cols.iter().zip(&access) {
+        let prefix = (4 + c.name.len() + 1) as u32;
+        let valid = |row: usize| c.is_valid(row);
+        match a {
+            Access::Tag(keys, values) => {
+                let offs = values.value_offsets();
+                for (row, &k) in keys.iter().enumerate() {
+                    if valid(row) {
+                        let k = k as usize;
+                        lens[row] += prefix + 4 + (offs[k + 1] - offs[k]) as u32;
+                        ncols[row] += 1;
+                    }
+                }
+            }
+            Access::Str(values) => {
+                let offs = values.value_offsets();
+                for row in 0..n {
+                    if valid(row) {
+                        lens[row] += prefix + 4 + (offs[row + 1] - offs[row]) as u32;
+                        ncols[row] += 1;
+                    }
+                }
+            }
+            Access::F64(_) | Access::I64(_) | Access::U64(_) | Access::Bool(_) => {
+                let width = prefix + if matches!(a, Access::Bool(_)) { 1 } else { 8 };
+                for row in 0..n {
+                    if valid(row) {
+                        lens[row] += width;
+                        ncols[row] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let prefixes: Vec<Vec<u8>> = cols
+        .iter()
+        .map(|c| {
+            let mut p = Vec::with_capacity(4 + c.name.len() + 1);
+            p.extend_from_slice(&(c.name.len() as u32).to_le_bytes());
+            p.extend_from_slice(c.name.as_bytes());
+            p.push(c.kind as u8);
+            p
+        })
+        .collect();
+    let mut header = Vec::with_capacity(head);
+    header.push(FORMAT_VERSION);
+    header.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    header.extend_from_slice(name.as_bytes());
+    for s in &mut out {
+        let mut total = 0u32;
+        for &row in &s.rows {
+            total += lens[row as usize];
+            s.offsets.push(total);
+        }
+        s.enc = vec![0; total as usize];
+        s.cursor = Vec::with_capacity(s.rows.len());
+        for (k, &row) in s.rows.iter().enumerate() {
+            let at = s.offsets[k] as usize;
+            let end = at + head;
+            let slot = &mut s.enc[at..end];
+            slot[..header.len()].copy_from_slice(&header);
+            slot[header.len()..header.len() + 8].copy_from_slice(&s.times[k].to_le_bytes());
+            slot[header.len() + 8..].copy_from_slice(&ncols[row as usize].to_le_bytes());
+            s.cursor.push(end);
+        }
+    }
+    for ((c, a), prefix) in cols.iter().zip(&access).zip(&prefixes) {
+        for s in &mut out {
+            let (rows, enc, cursor) = (&s.rows[..], &mut s.enc[..], &mut s.cursor[..]);
+            match *a {
+                Access::Tag(keys, values) => fill(rows, enc, cursor, prefix, c, true, |r| {
+                    values.value(keys[r] as usize).as_bytes()
+                }),
+                Access::Str(values) => fill(rows, enc, cursor, prefix, c, true, |r| {
+                    values.value(r).as_bytes()
+                }),
+                Access::F64(v) => fill(rows, enc, cursor, prefix, c, false, |r| {
+                    v[r].to_bits().to_le_bytes()
+                }),
+                Access::I64(v) => fill(rows, enc, cursor, prefix, c, false, |r| v[r].to_le_bytes()),
+                Access::U64(v) => fill(rows, enc, cursor, prefix, c, false, |r| v[r].to_le_bytes()),
+                Access::Bool(v) => fill(rows, enc, cursor, prefix, c, false, |r| {
+                    [u8::from(v.value(r))]
+                }),
+            }
+        }
+    }
+    for s in &mut out {
+        let mut from = 0usize;
+        for (k, &to) in s.offsets.iter().skip(1).enumerate() {
+            debug_assert_eq!(s.cursor[k], to as usize, "row length");
+            s.leaf_hashes.push(leaf_hash(&s.enc[from..to as usize]));
+            from = to as usize;
         }
     }
 
