@@ -357,9 +357,7 @@ fn engine_config(dir: &Path, script: &str) -> Result<EngineConfig, String> {
 
 /// The `.slt` files of `tests/<dir>` whose name contains `ANNALS_SLT` (all when unset).
 fn slt_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(dir);
+    let dir = Path::new(&package_dir()).join("tests").join(dir);
     let filter = std::env::var("ANNALS_SLT").unwrap_or_default();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -466,4 +464,11 @@ fn run_files(files: &[PathBuf]) {
 #[test]
 fn sqllogictest_golden_files() {
     run_files(&slt_files("slt"));
+}
+
+/// The package's directory: the one `cargo test` names when it runs this binary (so a test
+/// binary reused from another checkout's build reads this checkout's files), else the one it
+/// was built in.
+fn package_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

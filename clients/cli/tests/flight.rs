@@ -41,7 +41,7 @@ fn check_clients() {
 
 /// Runs `flight_clients.py` with `args`; panics with its output unless it succeeds.
 fn run_clients(args: &[String]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight_clients.py");
+    let script = Path::new(&common::package_dir()).join("tests/flight_clients.py");
     let out = Command::new(python())
         .arg(&script)
         .args(args)

@@ -374,7 +374,7 @@ fn exported_json_ld_expands_to_sosa_observations_in_pyld() {
         json!({"tx_ids": tx, "observations": 6 * 2 + 3}).to_string(),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jsonld_pyld.py");
+    let script = Path::new(&common::package_dir()).join("tests/jsonld_pyld.py");
     let out = Command::new(python())
         .arg(&script)
         .arg(&export)

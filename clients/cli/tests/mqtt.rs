@@ -376,7 +376,7 @@ fn paho_mqtt_publishes_qos0_and_qos1_on_311_and_5() {
         ),
     }
     let (_d, s, port) = start_mqtt(false);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt_paho.py");
+    let script = Path::new(&common::package_dir()).join("tests/mqtt_paho.py");
     let out = Command::new(&py)
         .arg(&script)
         .arg("127.0.0.1")

@@ -114,7 +114,7 @@ fn psycopg(args: &[&str]) -> String {
         ),
         Ok(_) => {}
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_psycopg.py");
+    let script = Path::new(&common::package_dir()).join("tests/pg_psycopg.py");
     let out = Command::new(&py)
         .arg(&script)
         .args(args)

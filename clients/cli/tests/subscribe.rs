@@ -277,7 +277,7 @@ fn flight_subscription_resumes_from_app_metadata_cursor() {
     }
     let ids = dir.path().join("tx_ids.txt");
     std::fs::write(&ids, acked.join("\n")).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/subscribe_flight.py");
+    let script = &format!("{}/tests/subscribe_flight.py", common::package_dir());
     let out = std::process::Command::new(&python)
         .arg(script)
         .arg(s.port.to_string())

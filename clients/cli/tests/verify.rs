@@ -2,6 +2,8 @@
 //! copy, and a signed proof built here with the server's format crate (so the independent
 //! verifier is checked against the server's encoders), under the right and wrong trust.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -18,7 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_annals");
 
 fn vector_proof() -> Value {
     let dir = std::env::var("ANNALS_SHARED_DIR")
-        .unwrap_or_else(|_| format!("{}/../../../shared", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| format!("{}/../../../shared", common::package_dir()));
     let path = format!("{dir}/vectors/format-v1.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let v: Value = serde_json::from_str(&text).unwrap();

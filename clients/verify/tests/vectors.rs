@@ -12,7 +12,7 @@ use support::V;
 
 fn vectors() -> J {
     let dir = std::env::var("ANNALS_SHARED_DIR")
-        .unwrap_or_else(|_| format!("{}/../../../shared", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| format!("{}/../../../shared", package_dir()));
     let path = format!("{dir}/vectors/format-v1.json");
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     support::doc_json::parse(&text).unwrap()
@@ -262,4 +262,11 @@ fn proof_vector_every_truncation_and_junk() {
         let e = verify_proof(bad.as_bytes(), &Trust::structure_only()).unwrap_err();
         assert_eq!(e.step(), Step::Parse, "{e}");
     }
+}
+
+/// The package's directory: the one `cargo test` names when it runs this binary (so a test
+/// binary reused from another checkout's build reads this checkout's files), else the one it
+/// was built in.
+fn package_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 fn vectors() -> Value {
     let dir = std::env::var("ANNALS_SHARED_DIR")
-        .unwrap_or_else(|_| format!("{}/../../../shared", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| format!("{}/../../../shared", package_dir()));
     let path = format!("{dir}/vectors/format-v1.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     serde_json::from_str(&text).unwrap()
@@ -246,4 +246,11 @@ fn proof_vector_verifies_step_by_step() {
         &hashes(&p["checkpoint"]["path"]),
         &cp.branches_root
     ));
+}
+
+/// The package's directory: the one `cargo test` names when it runs this binary (so a test
+/// binary reused from another checkout's build reads this checkout's files), else the one it
+/// was built in.
+fn package_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -10,6 +10,13 @@ use serde_json::Value;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_annals");
 
+/// The package's directory: the one `cargo test` names when it runs the test (so a test binary
+/// reused from another checkout's build reads this checkout's files), else the one it was
+/// built in.
+pub(crate) fn package_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 /// `shards` shards, blocks of 4 rows and files of 8; nothing is sealed by age and no
 /// checkpoint comes by itself, so tests decide with `/api/v3/flush`.
 pub(crate) const fn manual_flags(shards: &'static str) -> [&'static str; 12] {
