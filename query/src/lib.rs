@@ -14,14 +14,15 @@
 //! - [`subscribe`]: live subscriptions to a table's committed rows, in commit order, each batch
 //!   tagged with the cursor to resume from.
 //! - `last_values('m')` answers "latest row per series" from a cache kept at ingest, and
-//!   `row_number() OVER (PARTITION BY .. ORDER BY time DESC) = 1` keeps a heap per series
-//!   instead of sorting the table (see [`topn`]).
+//!   `row_number() OVER (PARTITION BY .. ORDER BY time DESC) = 1` keeps the newest row per
+//!   key in one pass instead of sorting the table (see [`topn`] and [`newest`]).
 //!
 //! Layering: this crate reads the engine's snapshot API and the storage crate's block files; it
 //! never writes.
 
 pub mod error;
 pub mod last_values;
+pub mod newest;
 pub mod options;
 pub mod proof;
 pub mod registry;

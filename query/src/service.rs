@@ -137,6 +137,11 @@ impl QueryService {
             .position(|r| r.name() == crate::topn::WINDOW_TOPN)
             .unwrap_or(rules.len());
         rules.insert(at, Arc::new(crate::topn::RankFilterForTopN));
+        // With K = 1 over a time column, one pass that keeps the newest row per key replaces
+        // the top-K heaps and the repartition under them; see crate::newest.
+        if at < rules.len() {
+            rules.insert(at + 2, Arc::new(crate::newest::NewestPerKey));
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())

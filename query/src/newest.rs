@@ -1,0 +1,533 @@
+//! "Newest row per key" by a single pass that keeps one row per key.
+//!
+//! After [`crate::topn`], `row_number() OVER (PARTITION BY k ORDER BY time DESC) = 1` runs as
+//! DataFusion's `PartitionedTopKExec` with K = 1 over a `RepartitionExec` that hashes every
+//! input row by `k`. For K = 1 and one 64-bit ordering column (a table's `time`) both are more
+//! than the question needs. [`NewestPerKeyExec`] scans each input partition keeping, per key,
+//! the row with the greatest (or, ascending, least) value, as the engine's last-value cache
+//! does at ingest. Then it merges the partitions' winners and emits them sorted as the
+//! top-K operator would. [`NewestPerKey`] is the physical optimizer rule that swaps it in,
+//! right after DataFusion's `WindowTopN`.
+//!
+//! Ties: `row_number` numbers tied rows in no defined order, so either row is a right
+//! answer. This operator keeps the first one it reads.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use arrow::compute::{
+    cast, interleave_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
+};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::partitioned_topk::{PartitionedTopKExec, WindowFnKind};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::StreamExt;
+
+/// Batches kept for their winning rows before the winners are copied into one batch.
+const KEPT_BATCHES_MAX: usize = 64;
+
+/// Replaces `PartitionedTopKExec(row_number, K = 1, order: one 64-bit column)` (and the hash
+/// repartition under it) with [`NewestPerKeyExec`].
+#[derive(Debug, Default)]
+pub struct NewestPerKey;
+
+impl PhysicalOptimizerRule for NewestPerKey {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            Ok(match rewrite(&node)? {
+                Some(new) => Transformed::yes(new),
+                None => Transformed::no(node),
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "NewestPerKey"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(topk) = node.downcast_ref::<PartitionedTopKExec>() else {
+        return Ok(None);
+    };
+    let keys = topk.partition_prefix_len();
+    if topk.fetch() != 1
+        || topk.fn_kind() != WindowFnKind::RowNumber
+        || keys == 0
+        || topk.expr().len() != keys + 1
+    {
+        return Ok(None);
+    }
+    let schema = topk.input().schema();
+    let column = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Column>().map(Column::index);
+    let mut key_cols = Vec::with_capacity(keys);
+    for s in topk.expr().iter().take(keys) {
+        match column(&s.expr) {
+            Some(i) => key_cols.push(i),
+            None => return Ok(None),
+        }
+    }
+    let order = &topk.expr()[keys];
+    let Some(order_col) = column(&order.expr) else {
+        return Ok(None);
+    };
+    let field = schema.field(order_col);
+    let wide = matches!(
+        field.data_type(),
+        DataType::Int64 | DataType::Timestamp(_, _)
+    );
+    if !wide || field.is_nullable() {
+        return Ok(None);
+    }
+    // The repartition only brought each key's rows together, which this operator does itself.
+    let input = match topk.input().downcast_ref::<RepartitionExec>() {
+        Some(r) if matches!(r.partitioning(), Partitioning::Hash(..)) => Arc::clone(r.input()),
+        _ => Arc::clone(topk.input()),
+    };
+    Ok(Some(Arc::new(NewestPerKeyExec::new(
+        input,
+        key_cols,
+        order_col,
+        order.options.descending,
+        topk.expr().clone(),
+    ))))
+}
+
+/// Per key, the row with the greatest (`descending`) or least value of one non-null 64-bit
+/// column, sorted by `ordering` (the keys, then that column); one output partition.
+#[derive(Debug)]
+pub struct NewestPerKeyExec {
+    input: Arc<dyn ExecutionPlan>,
+    keys: Vec<usize>,
+    order: usize,
+    descending: bool,
+    ordering: LexOrdering,
+    props: Arc<PlanProperties>,
+}
+
+impl NewestPerKeyExec {
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        keys: Vec<usize>,
+        order: usize,
+        descending: bool,
+        ordering: LexOrdering,
+    ) -> Self {
+        let eq = EquivalenceProperties::new_with_orderings(input.schema(), [ordering.clone()]);
+        let props = PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            keys,
+            order,
+            descending,
+            ordering,
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for NewestPerKeyExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let schema = self.input.schema();
+        let keys: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|&i| schema.field(i).name().as_str())
+            .collect();
+        write!(
+            f,
+            "NewestPerKeyExec: keys=[{}], {}={}",
+            keys.join(", "),
+            if self.descending { "max" } else { "min" },
+            schema.field(self.order).name()
+        )
+    }
+}
+
+impl ExecutionPlan for NewestPerKeyExec {
+    fn name(&self) -> &str {
+        "NewestPerKeyExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for s in self.ordering.iter() {
+            if f(&s.expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input]: [Arc<dyn ExecutionPlan>; 1] = children
+            .try_into()
+            .map_err(|_| DataFusionError::Internal("NewestPerKeyExec has one child".into()))?;
+        Ok(Arc::new(NewestPerKeyExec::new(
+            input,
+            self.keys.clone(),
+            self.order,
+            self.descending,
+            self.ordering.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "NewestPerKeyExec has one partition, not {partition}"
+            )));
+        }
+        let schema = self.input.schema();
+        let input = Arc::clone(&self.input);
+        let (keys, order, descending) = (self.keys.clone(), self.order, self.descending);
+        let ordering = self.ordering.clone();
+        let out_schema = Arc::clone(&schema);
+        let stream = futures::stream::once(async move {
+            let parts = input.output_partitioning().partition_count();
+            let mut tasks = Vec::with_capacity(parts);
+            for p in 0..parts {
+                let mut stream = input.execute(p, Arc::clone(&context))?;
+                let mut newest = Newest::new(&schema, &keys, order, descending)?;
+                tasks.push(SpawnedTask::spawn(async move {
+                    while let Some(batch) = stream.next().await {
+                        newest.push(&batch?)?;
+                    }
+                    newest.finish()
+                }));
+            }
+            let mut merged = Newest::new(&schema, &keys, order, descending)?;
+            for t in tasks {
+                let local = t
+                    .join()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                if let Some(b) = local {
+                    merged.push(&b)?;
+                }
+            }
+            let Some(batch) = merged.finish()? else {
+                return Ok(RecordBatch::new_empty(schema));
+            };
+            sorted(&batch, &ordering)
+        })
+        .boxed();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// `batch` sorted by `ordering` (whose expressions are columns of the batch).
+fn sorted(batch: &RecordBatch, ordering: &LexOrdering) -> Result<RecordBatch> {
+    let columns = ordering
+        .iter()
+        .map(|s| {
+            Ok(SortColumn {
+                values: s.expr.evaluate(batch)?.into_array(batch.num_rows())?,
+                options: Some(s.options),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+/// The winning row of each key so far.
+struct Newest {
+    keys: Vec<usize>,
+    order: usize,
+    descending: bool,
+    converter: RowConverter,
+    /// Key (row format) → index into `best`.
+    groups: HashMap<Box<[u8]>, usize>,
+    /// Per key: ordering value, batch and row of the winner.
+    best: Vec<(i64, usize, usize)>,
+    /// Batches holding winners (`None` once they hold none), with how many each holds.
+    batches: Vec<Option<RecordBatch>>,
+    holds: Vec<usize>,
+    kept: usize,
+}
+
+impl Newest {
+    fn new(schema: &SchemaRef, keys: &[usize], order: usize, descending: bool) -> Result<Self> {
+        let fields = keys
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        Ok(Self {
+            keys: keys.to_vec(),
+            order,
+            descending,
+            converter: RowConverter::new(fields)?,
+            groups: HashMap::new(),
+            best: Vec::new(),
+            batches: Vec::new(),
+            holds: Vec::new(),
+            kept: 0,
+        })
+    }
+
+    fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let key_cols: Vec<_> = self
+            .keys
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let rows = self.converter.convert_columns(&key_cols)?;
+        let values = cast(batch.column(self.order), &DataType::Int64)?;
+        let values = values.as_primitive::<Int64Type>().values();
+        let id = self.batches.len();
+        let mut held = 0usize;
+        for (r, &v) in values.iter().enumerate() {
+            let key = rows.row(r);
+            let key = key.as_ref();
+            match self.groups.get(key) {
+                None => {
+                    self.groups.insert(key.into(), self.best.len());
+                    self.best.push((v, id, r));
+                    held += 1;
+                }
+                Some(&g) => {
+                    let (cur, b, _) = self.best[g];
+                    let wins = if self.descending { v > cur } else { v < cur };
+                    if wins {
+                        if b == id {
+                            held -= 1;
+                        } else {
+                            self.release(b);
+                        }
+                        self.best[g] = (v, id, r);
+                        held += 1;
+                    }
+                }
+            }
+        }
+        self.batches.push((held > 0).then(|| batch.clone()));
+        self.holds.push(held);
+        if held > 0 {
+            self.kept += 1;
+        }
+        if self.kept > KEPT_BATCHES_MAX {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// One winner fewer in batch `b`; drops the batch when it holds none.
+    fn release(&mut self, b: usize) {
+        self.holds[b] -= 1;
+        if self.holds[b] == 0 {
+            self.batches[b] = None;
+            self.kept -= 1;
+        }
+    }
+
+    /// The winners, one row per key in the order keys were first seen.
+    fn winners(&self) -> Result<Option<RecordBatch>> {
+        if self.best.is_empty() {
+            return Ok(None);
+        }
+        // Kept batches, renumbered densely.
+        let mut slot = vec![usize::MAX; self.batches.len()];
+        let mut kept: Vec<&RecordBatch> = Vec::with_capacity(self.kept);
+        for (i, b) in self.batches.iter().enumerate() {
+            if let Some(b) = b {
+                slot[i] = kept.len();
+                kept.push(b);
+            }
+        }
+        let indices: Vec<(usize, usize)> =
+            self.best.iter().map(|&(_, b, r)| (slot[b], r)).collect();
+        Ok(Some(interleave_record_batch(&kept, &indices)?))
+    }
+
+    /// Copies the winners into one batch so that old batches can go.
+    fn compact(&mut self) -> Result<()> {
+        let Some(batch) = self.winners()? else {
+            return Ok(());
+        };
+        for (k, e) in self.best.iter_mut().enumerate() {
+            e.1 = 0;
+            e.2 = k;
+        }
+        self.holds = vec![self.best.len()];
+        self.batches = vec![Some(batch)];
+        self.kept = 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Option<RecordBatch>> {
+        self.winners()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use crate::topn::{RankFilterForTopN, WINDOW_TOPN};
+
+    fn context(newest: bool, rows: usize, batch: usize) -> SessionContext {
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config.options_mut().optimizer.enable_window_topn = true;
+        let mut rules = PhysicalOptimizer::new().rules;
+        let at = rules.iter().position(|r| r.name() == WINDOW_TOPN).unwrap();
+        rules.insert(at, Arc::new(RankFilterForTopN));
+        if newest {
+            rules.insert(at + 2, Arc::new(NewestPerKey));
+        }
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("fleet", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("t64", DataType::Int64, false),
+        ]));
+        // Unique times (a permutation), so the newest row of each key is one row; 37 names
+        // (one in 41 rows NULL), 3 fleets, values with NULLs.
+        let times: Vec<i64> = (0..rows).map(|i| ((i * 7919) % rows) as i64).collect();
+        let names: Vec<Option<String>> = (0..rows)
+            .map(|i| (i % 41 != 0).then(|| format!("s{}", i % 37)))
+            .collect();
+        let fleets: Vec<Option<&str>> = (0..rows).map(|i| Some(["a", "b", "c"][i % 3])).collect();
+        let values: Vec<Option<f64>> = (0..rows)
+            .map(|i| (i % 5 != 0).then_some(i as f64 / 4.0))
+            .collect();
+        let all = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(times.clone())),
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(fleets)),
+                Arc::new(Float64Array::from(values)),
+                Arc::new(Int64Array::from(times)),
+            ],
+        )
+        .unwrap();
+        let mut parts = vec![Vec::new(), Vec::new()];
+        let mut at = 0;
+        while at < rows {
+            let n = batch.min(rows - at);
+            parts[(at / batch) % 2].push(all.slice(at, n));
+            at += n;
+        }
+        let table = MemTable::try_new(schema, parts).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        ctx
+    }
+
+    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        let rows = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        (shown, rows)
+    }
+
+    #[tokio::test]
+    async fn newest_row_per_key_equals_the_top_k_answer() {
+        let queries = [
+            "SELECT name, time, v FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM t) WHERE rn = 1 ORDER BY name",
+            "SELECT name, time FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time ASC) AS rn FROM t WHERE fleet = 'b') WHERE rn <= 1 ORDER BY name",
+            "SELECT name, t64, v FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY t64 DESC) AS rn FROM t) WHERE 1 = rn ORDER BY name",
+        ];
+        // Small batches, so that compaction (more than KEPT_BATCHES_MAX batches) happens too.
+        for (rows, batch) in [(300, 150), (20_000, 64)] {
+            for sql in queries {
+                let (plan, rows_got) = run(&context(true, rows, batch), sql).await;
+                assert!(plan.contains("NewestPerKeyExec"), "{sql}\n{plan}");
+                assert!(!plan.contains("PartitionedTopKExec"), "{plan}");
+                let (plain, expected) = run(&context(false, rows, batch), sql).await;
+                assert!(plain.contains("PartitionedTopKExec"), "{plain}");
+                assert_eq!(rows_got, expected, "{sql}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_shapes_keep_the_top_k_operator() {
+        let queries = [
+            // K = 2; ORDER BY a nullable float; two ordering columns; rank().
+            "SELECT name, time FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM t) WHERE rn <= 2 ORDER BY name, time",
+            "SELECT name, v FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY v DESC) AS rn FROM t WHERE v IS NOT NULL) WHERE rn = 1 ORDER BY name",
+            "SELECT name, time FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC, v) AS rn FROM t) WHERE rn = 1 ORDER BY name",
+            "SELECT name, time FROM (SELECT *, rank() OVER (PARTITION BY name ORDER BY time DESC) AS rk FROM t) WHERE rk = 1 ORDER BY name",
+        ];
+        for sql in queries {
+            let (plan, rows) = run(&context(true, 300, 150), sql).await;
+            assert!(!plan.contains("NewestPerKeyExec"), "{sql}\n{plan}");
+            let (_, expected) = run(&context(false, 300, 150), sql).await;
+            assert_eq!(rows, expected, "{sql}");
+        }
+    }
+}
