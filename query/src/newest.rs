@@ -420,20 +420,16 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
-    use datafusion::physical_plan::displayable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use crate::topn::{RankFilterForTopN, WINDOW_TOPN};
+    use crate::topn::add_rules;
+    use crate::topn::tests::run;
 
     fn context(newest: bool, rows: usize, batch: usize) -> SessionContext {
         let mut config = SessionConfig::new().with_target_partitions(2);
         config.options_mut().optimizer.enable_window_topn = true;
         let mut rules = PhysicalOptimizer::new().rules;
-        let at = rules.iter().position(|r| r.name() == WINDOW_TOPN).unwrap();
-        rules.insert(at, Arc::new(RankFilterForTopN));
-        if newest {
-            rules.insert(at + 2, Arc::new(NewestPerKey));
-        }
+        add_rules(&mut rules, newest);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -482,16 +478,6 @@ mod tests {
         let table = MemTable::try_new(schema, parts).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
         ctx
-    }
-
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().create_physical_plan().await.unwrap();
-        let shown = displayable(plan.as_ref()).indent(true).to_string();
-        let rows = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
-            .unwrap()
-            .to_string();
-        (shown, rows)
     }
 
     #[tokio::test]

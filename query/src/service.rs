@@ -128,20 +128,12 @@ impl QueryService {
             .with_target_partitions(partitions)
             .with_batch_size(self.cfg.batch_size)
             .with_option_extension(AnnalsOptions::default());
-        // "Newest row per series" (`row_number() ... = 1`) keeps a heap per series instead of
-        // sorting the table; see crate::topn.
+        // "Newest row per series" (`row_number() ... = 1`): a heap per series instead of a sort
+        // of the table (crate::topn), and with K = 1 over a time column one pass that keeps
+        // the newest row per key (crate::newest).
         config.options_mut().optimizer.enable_window_topn = true;
         let mut rules = PhysicalOptimizer::new().rules;
-        let at = rules
-            .iter()
-            .position(|r| r.name() == crate::topn::WINDOW_TOPN)
-            .unwrap_or(rules.len());
-        rules.insert(at, Arc::new(crate::topn::RankFilterForTopN));
-        // With K = 1 over a time column, one pass that keeps the newest row per key replaces
-        // the top-K heaps and the repartition under them; see crate::newest.
-        if at < rules.len() {
-            rules.insert(at + 2, Arc::new(crate::newest::NewestPerKey));
-        }
+        crate::topn::add_rules(&mut rules, true);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())

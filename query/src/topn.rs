@@ -29,6 +29,19 @@ use datafusion::physical_plan::ExecutionPlan;
 /// Name of DataFusion's rule this one prepares for.
 pub const WINDOW_TOPN: &str = "WindowTopN";
 
+/// Puts [`RankFilterForTopN`] just before DataFusion's `WindowTopN` and, when `newest`,
+/// [`crate::newest::NewestPerKey`] just after it. Without `WindowTopN` in `rules` neither
+/// has anything to work on, and nothing is added.
+pub fn add_rules(rules: &mut Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>, newest: bool) {
+    let Some(at) = rules.iter().position(|r| r.name() == WINDOW_TOPN) else {
+        return;
+    };
+    if newest {
+        rules.insert(at + 1, Arc::new(crate::newest::NewestPerKey));
+    }
+    rules.insert(at, Arc::new(RankFilterForTopN));
+}
+
 /// Rewrites `Filter(rn = 1 AND rest)` over a `row_number`/`rank` window into
 /// `Filter(rest) ← Filter(rn <= 1)`; see the module docs.
 #[derive(Debug, Default)]
@@ -169,7 +182,7 @@ fn ranks_first(expr: &Arc<dyn PhysicalExpr>, input: &Arc<dyn ExecutionPlan>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
@@ -184,8 +197,7 @@ mod tests {
         let mut config = SessionConfig::new().with_target_partitions(2);
         config.options_mut().optimizer.enable_window_topn = topn;
         let mut rules = PhysicalOptimizer::new().rules;
-        let at = rules.iter().position(|r| r.name() == WINDOW_TOPN).unwrap();
-        rules.insert(at, Arc::new(RankFilterForTopN));
+        add_rules(&mut rules, false);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -219,7 +231,8 @@ mod tests {
         ctx
     }
 
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
+    /// The physical plan of `sql` and its rows, both as text.
+    pub(crate) async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
         let df = ctx.sql(sql).await.unwrap();
         let plan = df.clone().create_physical_plan().await.unwrap();
         let shown = displayable(plan.as_ref()).indent(true).to_string();
