@@ -10,8 +10,13 @@
 //!   HTTP API does when a receipt's position is given.
 //! - `proof/verify`: `annals_verify::verify_proof` on such documents with the node's key trusted
 //!   (the row, every path, the block signature and the checkpoint quorum);
-//!   `proof/verify_same_checkpoint`: the same through an `annals_verify::Verifier`, which checks
-//!   the quorum of a checkpoint once for all the proofs under it.
+//!   `proof/verify_same_checkpoint`: the same through an `annals_verify::Verifier` that checks
+//!   the quorum of a checkpoint once for all the proofs under it (every block signature is
+//!   still checked); `proof/verify_known_block`: a `Verifier` that also checks each block's
+//!   signature once, so a row of a block it has seen costs only its hashes and paths. The
+//!   `verify_binary*` variants read the binary form (`annals-proof-bin/1`) of the same proofs.
+//! - Proof build time: the first proof of a block checks its signature (one Ed25519 verify);
+//!   later proofs of that block do not, and `proof/build` mostly measures those.
 //! - `audit/full`: `annals audit` of the whole directory (rows/s), one pass per sample.
 //!
 //! Document sizes (JSON, gzip'd JSON, and the raw bytes it carries) are printed once.
@@ -135,8 +140,13 @@ fn hex_bytes(v: &serde_json::Value) -> usize {
 
 fn print_sizes(engine: &Engine, rows: &[RowLocation]) {
     let (mut json, mut gz, mut raw, mut max) = (0usize, 0usize, 0usize, 0usize);
+    let (mut bin, mut bin_max) = (0usize, 0usize);
     for loc in rows {
-        let doc = proof::build(engine, loc).expect("provable").to_json();
+        let p = proof::build(engine, loc).expect("provable");
+        let b = p.to_binary().len();
+        bin += b;
+        bin_max = bin_max.max(b);
+        let doc = p.to_json();
         let text = serde_json::to_string(&doc).unwrap();
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(text.as_bytes()).unwrap();
@@ -148,10 +158,11 @@ fn print_sizes(engine: &Engine, rows: &[RowLocation]) {
     let n = rows.len();
     eprintln!(
         "proof bench: document size over {n} rows: JSON mean {} B (max {max} B), gzip'd mean {} B, \
-         hex fields carry {} B of hashes, headers and signatures",
+         hex fields carry {} B of hashes, headers and signatures; binary form mean {} B (max {bin_max} B)",
         json / n,
         gz / n,
-        raw / n
+        raw / n,
+        bin / n
     );
 }
 
@@ -184,10 +195,15 @@ fn bench(c: &mut Criterion) {
             proof::build(&engine, &rows[k]).expect("provable")
         })
     });
-    let docs: Vec<Vec<u8>> = rows[..64]
+    let proofs: Vec<proof::Proof> = rows[..64]
         .iter()
-        .map(|l| serde_json::to_vec(&proof::build(&engine, l).unwrap().to_json()).unwrap())
+        .map(|l| proof::build(&engine, l).unwrap())
         .collect();
+    let docs: Vec<Vec<u8>> = proofs
+        .iter()
+        .map(|p| serde_json::to_vec(&p.to_json()).unwrap())
+        .collect();
+    let bins: Vec<Vec<u8>> = proofs.iter().map(proof::Proof::to_binary).collect();
     let trust = Trust::validators([Validator {
         key: engine.public_key(),
         power: 1,
@@ -200,15 +216,39 @@ fn bench(c: &mut Criterion) {
             annals_verify::verify_proof(&docs[k], &trust).expect("verifies")
         })
     });
-    // An auditor checking many rows under one checkpoint checks its quorum once.
-    let mut verifier = annals_verify::Verifier::new(&trust);
-    let mut k = 0;
-    group.bench_function("verify_same_checkpoint", |b| {
+    group.bench_function("verify_binary", |b| {
         b.iter(|| {
-            k = (k + 1) % docs.len();
-            verifier.verify_proof(&docs[k]).expect("verifies")
+            k = (k + 1) % bins.len();
+            annals_verify::verify_proof(&bins[k], &trust).expect("verifies")
         })
     });
+    // An auditor checking many rows under one checkpoint checks its quorum once; each row's
+    // block signature is still checked (no block memo).
+    for (name, set) in [
+        ("verify_same_checkpoint", &docs),
+        ("verify_binary_same_checkpoint", &bins),
+    ] {
+        let mut verifier = annals_verify::Verifier::with_block_memo(&trust, 0);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                k = (k + 1) % set.len();
+                verifier.verify_proof(&set[k]).expect("verifies")
+            })
+        });
+    }
+    // ... and each block's signature once: what remains per row is hashing and paths.
+    for (name, set) in [
+        ("verify_known_block", &docs),
+        ("verify_binary_known_block", &bins),
+    ] {
+        let mut verifier = annals_verify::Verifier::new(&trust);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                k = (k + 1) % set.len();
+                verifier.verify_proof(&set[k]).expect("verifies")
+            })
+        });
+    }
     group.finish();
     engine.shutdown();
 

@@ -1,5 +1,6 @@
 //! `annals verify PROOF.json --trust KEYS`: checks a proof offline with `annals-verify`, the
-//! independent verifier that shares no code with the server. Exit 0: valid; 1: verification
+//! independent verifier that shares no code with the server. The proof may be JSON
+//! (`annals-proof/1`) or its binary form (`annals-proof-bin/1`). Exit 0: valid; 1: verification
 //! failed (the step and why are printed); 2: the command could not run (unreadable file, bad
 //! trust file).
 
@@ -26,7 +27,8 @@ Exit status: 0 valid, 1 verification failed (prints the step that failed), 2 cou
 #[derive(Debug, Args)]
 #[command(after_help = TRUST_HELP)]
 pub(crate) struct VerifyArgs {
-    /// The proof document (annals-proof/1); `-` reads standard input.
+    /// The proof: an annals-proof/1 JSON document or its binary form (`annals proof --format
+    /// binary`); `-` reads standard input.
     proof: PathBuf,
     /// File of trusted validator keys (format below).
     #[arg(

@@ -21,10 +21,19 @@ pub const PROOF_BYTES_MAX: usize = 16 << 20;
 /// Most checkpoint signatures accepted in one document.
 pub const SIGNATURES_MAX: usize = 10_000;
 
+/// How a proof states its row besides `row_hex`.
+#[derive(Debug)]
+pub(crate) enum RowStated {
+    /// The JSON form's `row` object.
+    Json(Json),
+    /// The binary form: only the encoding, which is decoded.
+    Encoding,
+}
+
 /// Every field of a proof document, decoded.
 #[derive(Debug)]
 pub(crate) struct Document {
-    pub(crate) row: Json,
+    pub(crate) row: RowStated,
     pub(crate) row_hex: Vec<u8>,
     pub(crate) tx_id: Hash,
     pub(crate) header_bytes: Vec<u8>,
@@ -312,7 +321,7 @@ pub(crate) fn parse_document(bytes: &[u8]) -> Result<Document, VerifyError> {
     };
 
     Ok(Document {
-        row,
+        row: RowStated::Json(row),
         row_hex: hex_vec("row_hex", member(p, top, "document", "row_hex")?)?,
         tx_id: hex_n::<32>("tx_id", member(p, top, "document", "tx_id")?)?,
         header_bytes,

@@ -103,6 +103,43 @@ impl Row {
         }
         Ok(out)
     }
+
+    /// Reads a row encoding (the binary proof form states the row only as its bytes). Strict:
+    /// version 1, UTF-8 strings, known kinds, `bool` 0 or 1, nothing after the last column.
+    /// Column order is not checked here; [`Row::encode`] refuses unsorted or repeated names, and
+    /// the `row_encoding` step compares the re-encoding with these bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Row, String> {
+        let mut r = Reader { b: bytes };
+        r.version()?;
+        let table = r.str("table")?;
+        let time = r.i64("time")?;
+        let ncols = u16::from_le_bytes(r.array("ncols")?);
+        let mut columns = Vec::with_capacity(usize::from(ncols));
+        for i in 0..ncols {
+            let name = r.str("column name")?;
+            let what = alloc::format!("value of column {i} ({name:?})");
+            let value = match r.array::<1>("column kind")?[0] {
+                1 => Value::Tag(r.str(&what)?),
+                2 => Value::F64(f64::from_bits(r.u64(&what)?)),
+                3 => Value::I64(r.i64(&what)?),
+                4 => Value::U64(r.u64(&what)?),
+                5 => match r.array::<1>(&what)?[0] {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    b => return Err(alloc::format!("has bool {b} in column {name:?}")),
+                },
+                6 => Value::Str(r.str(&what)?),
+                k => return Err(alloc::format!("has unknown kind {k} in column {name:?}")),
+            };
+            columns.push(Column { name, value });
+        }
+        r.finish()?;
+        Ok(Row {
+            table,
+            time,
+            columns,
+        })
+    }
 }
 
 /// `tx_id = H(0x03 || branch || height:u64 || index:u32 || leaf_hash)`.
@@ -129,12 +166,12 @@ pub fn checkpoint_hash(header: &[u8]) -> Hash {
 }
 
 /// Reads fixed-width little-endian fields; every shortfall names the field.
-struct Reader<'a> {
-    b: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if self.b.len() < n {
             return Err(alloc::format!("ends before its {what}"));
         }
@@ -142,18 +179,18 @@ impl<'a> Reader<'a> {
         self.b = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+    pub(crate) fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
     }
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
     fn i64(&mut self, what: &str) -> Result<i64, String> {
         Ok(i64::from_le_bytes(self.array(what)?))
     }
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
     fn version(&mut self) -> Result<(), String> {
@@ -164,7 +201,14 @@ impl<'a> Reader<'a> {
             )),
         }
     }
-    fn finish(&self) -> Result<(), String> {
+    /// A FORMAT.md `str`: `u32` byte length, then UTF-8.
+    fn str(&mut self, what: &str) -> Result<String, String> {
+        let len = self.u32(what)?;
+        let bytes = self.take(usize::try_from(len).unwrap_or(usize::MAX), what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| alloc::format!("has a {what} that is not UTF-8"))
+    }
+    pub(crate) fn finish(&self) -> Result<(), String> {
         match self.b.len() {
             0 => Ok(()),
             n => Err(alloc::format!("has {n} bytes after its last field")),

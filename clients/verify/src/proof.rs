@@ -1,11 +1,12 @@
 //! `verify_proof`: the steps of FORMAT.md "Proof document", in order, each failing by name.
 
+use crate::binary::{is_binary, parse_binary};
 use crate::checkpoint::{check_trust, info, CheckpointInfo};
-use crate::document::{parse_document, read_row};
+use crate::document::{parse_document, read_row, RowStated};
 use crate::encoding::{block_hash, checkpoint_hash, tx_id, Row};
 use crate::hex::Hex;
 use crate::merkle::{hash_parts, inclusion_root, leaf_hash, verify_inclusion, ATTESTATION};
-use crate::trust::{verify_signature, Quorum, Trust};
+use crate::trust::{verify_signature, KeySignature, Quorum, Trust};
 use crate::{Hash, Step, VerifyError};
 use alloc::vec::Vec;
 
@@ -59,56 +60,90 @@ fn fail<T>(step: Step, detail: alloc::string::String) -> Result<T, VerifyError> 
     Err(VerifyError::new(step, detail))
 }
 
-/// Verifies an `annals-proof/1` document against `trust`.
+/// Verifies a proof against `trust`: an `annals-proof/1` JSON document, or the same proof in
+/// the binary form `annals-proof-bin/1` (recognised by its magic bytes `APRF`).
 ///
 /// Steps, in order (the error's [`Step`] names the first that failed): `parse`, `row_encoding`,
 /// `block_header`, `tx_id`, `row_inclusion`, `block_signature`, `block_inclusion`,
 /// `branch_entry`, `entry_inclusion`, `validators`, `quorum`, `attestation`. With
 /// [`Trust::structure_only`], `validators` and `quorum` are skipped and a missing
 /// `block.signature` is accepted (a present one is still checked).
-pub fn verify_proof(json: &[u8], trust: &Trust) -> Result<Verified, VerifyError> {
-    verify_with(json, trust, None)
+pub fn verify_proof(proof: &[u8], trust: &Trust) -> Result<Verified, VerifyError> {
+    verify_with(proof, trust, None)
 }
 
 /// Checkpoints a [`Verifier`] remembers as final.
 const FINAL_CHECKPOINTS_MAX: usize = 64;
+/// Block signatures a [`Verifier`] remembers by default.
+pub const BLOCK_SIGNATURES_REMEMBERED: usize = 4096;
 
-/// Verifies many proofs against one trust, remembering the checkpoints it has found final.
+/// Verifies many proofs against one trust, remembering the checkpoints it has found final and
+/// the block signatures it has checked.
 ///
 /// A checkpoint's hash covers its validator set, so once a quorum of trusted signatures over
 /// it has verified, every later proof under the same checkpoint needs only its own hashes and
 /// the block signature: the quorum is not checked again (the result reports the quorum that
-/// was checked). Every other step runs as in [`verify_proof`]. At most 64 checkpoints are
-/// remembered (the oldest is forgotten first). Structure-only trust remembers nothing.
+/// was checked). Likewise a block signature that verified (the same key and signature over
+/// the same block hash) is not checked again for the next row of that block. Every other step
+/// runs as in [`verify_proof`]. At most 64 checkpoints and [`BLOCK_SIGNATURES_REMEMBERED`]
+/// block signatures (or the number given to [`Verifier::with_block_memo`]) are remembered, the
+/// oldest forgotten first. Structure-only trust remembers no checkpoint.
 #[derive(Debug, Clone)]
 pub struct Verifier<'t> {
     trust: &'t Trust,
+    memo: Memo,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Memo {
     finals: Vec<(Hash, Option<Quorum>)>,
+    /// A key and signature that verified over each block hash; `blocks_max` at most.
+    blocks: alloc::collections::BTreeMap<Hash, KeySignature>,
+    /// The hashes in `blocks`, oldest first.
+    order: alloc::collections::VecDeque<Hash>,
+    blocks_max: usize,
 }
 
 impl<'t> Verifier<'t> {
     pub fn new(trust: &'t Trust) -> Self {
+        Self::with_block_memo(trust, BLOCK_SIGNATURES_REMEMBERED)
+    }
+
+    /// A verifier that remembers at most `blocks` block signatures (0: checks every one).
+    pub fn with_block_memo(trust: &'t Trust, blocks: usize) -> Self {
         Verifier {
             trust,
-            finals: Vec::new(),
+            memo: Memo {
+                blocks_max: blocks,
+                ..Memo::default()
+            },
         }
     }
 
-    /// [`verify_proof`], skipping the quorum of a checkpoint already found final.
-    pub fn verify_proof(&mut self, json: &[u8]) -> Result<Verified, VerifyError> {
-        verify_with(json, self.trust, Some(&mut self.finals))
+    /// [`verify_proof`], skipping the quorum of a checkpoint already found final and the
+    /// signature of a block already checked.
+    pub fn verify_proof(&mut self, proof: &[u8]) -> Result<Verified, VerifyError> {
+        verify_with(proof, self.trust, Some(&mut self.memo))
     }
 }
 
 fn verify_with(
-    json: &[u8],
+    proof: &[u8],
     trust: &Trust,
-    finals: Option<&mut Vec<(Hash, Option<Quorum>)>>,
+    mut memo: Option<&mut Memo>,
 ) -> Result<Verified, VerifyError> {
-    let d = parse_document(json)?;
+    let d = if is_binary(proof) {
+        parse_binary(proof)?
+    } else {
+        parse_document(proof)?
+    };
 
     // row_encoding: the stated row is exactly the bytes the ledger hashed.
-    let row = read_row(&d.row)?;
+    let row = match &d.row {
+        RowStated::Json(row) => read_row(row)?,
+        RowStated::Encoding => Row::decode(&d.row_hex)
+            .map_err(|e| VerifyError::new(Step::RowEncoding, alloc::format!("row_hex {e}")))?,
+    };
     let encoded = row
         .encode()
         .map_err(|e| VerifyError::new(Step::RowEncoding, e))?;
@@ -199,12 +234,24 @@ fn verify_with(
     let bh = block_hash(&d.header_bytes);
     let block_signer = match &d.block_signature {
         Some(s) => {
-            verify_signature(&s.key, &bh, &s.sig).map_err(|e| {
-                VerifyError::new(
-                    Step::BlockSignature,
-                    alloc::format!("block {} signed by {}: {e}", Hex(&bh), Hex(&s.key)),
-                )
-            })?;
+            let known = memo.as_ref().is_some_and(|m| m.blocks.get(&bh) == Some(s));
+            if !known {
+                verify_signature(&s.key, &bh, &s.sig).map_err(|e| {
+                    VerifyError::new(
+                        Step::BlockSignature,
+                        alloc::format!("block {} signed by {}: {e}", Hex(&bh), Hex(&s.key)),
+                    )
+                })?;
+                if let Some(m) = memo.as_deref_mut().filter(|m| m.blocks_max > 0) {
+                    if m.blocks.insert(bh, *s).is_none() {
+                        m.order.push_back(bh);
+                        if m.order.len() > m.blocks_max {
+                            let old = m.order.pop_front().expect("over the bound");
+                            m.blocks.remove(&old);
+                        }
+                    }
+                }
+            }
             Some(s.key)
         }
         None if trust.is_structure_only() => None,
@@ -277,7 +324,7 @@ fn verify_with(
 
     // validators, quorum
     let ch = checkpoint_hash(&d.checkpoint_bytes);
-    let quorum = match finals {
+    let quorum = match memo.map(|m| &mut m.finals) {
         Some(finals) if !trust.is_structure_only() => match finals.iter().find(|(h, _)| *h == ch) {
             Some((_, q)) => q.clone(),
             None => {

@@ -187,6 +187,7 @@ fn thousands_of_random_rows_verify_under_latest_and_older_checkpoints() {
     rows.shuffle(&mut rng);
     let latest = engine.latest_checkpoint().unwrap().header.epoch;
     let (mut n_latest, mut n_older) = (0, 0);
+    let mut memo = annals_verify::Verifier::with_block_memo(&trust, 16);
     for (w, first) in rows.iter().take(2_500) {
         // Half by tx_id alone (with the receipt's position as the hint), half by location.
         let p = if rng.gen_bool(0.5) {
@@ -213,6 +214,20 @@ fn thousands_of_random_rows_verify_under_latest_and_older_checkpoints() {
         assert!(v.is_final());
         assert_eq!(support::hex(&v.tx_id), w.tx_id);
         assert_eq!(v.checkpoint.epoch, latest);
+        // The binary form proves the same, through a verifier that remembers checkpoints
+        // and block signatures, in at most half the bytes.
+        let bin = p.to_binary();
+        assert!(
+            bin.len() * 2 <= text.len(),
+            "{} vs {}",
+            bin.len(),
+            text.len()
+        );
+        assert_eq!(
+            memo.verify_proof(&bin)
+                .unwrap_or_else(|e| panic!("row {w:?}, binary form: {e}")),
+            v
+        );
         n_latest += 1;
 
         // The same row under an older checkpoint that already covered it.
@@ -279,8 +294,9 @@ fn every_bit_of_real_engine_proofs_fails_at_its_step() {
         }
         let text = serde_json::to_string(&json).unwrap();
         let doc = support::doc_json::doc(&support::doc_json::parse(text.as_bytes()).unwrap());
-        // The test model writes the same document the engine wrote.
+        // The test model writes the same document the engine wrote, in both forms.
         verify_proof(doc.to_json().as_bytes(), &trust).expect("the model's rendering verifies");
+        assert_eq!(doc.to_binary().unwrap(), p.to_binary());
         total += check_all(&doc, &trust);
         total += check_all(&doc, &Trust::structure_only());
         if seen.len() == 3 {

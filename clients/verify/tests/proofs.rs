@@ -426,3 +426,41 @@ fn a_verifier_remembers_final_checkpoints_only() {
         Step::RowEncoding
     );
 }
+
+/// A `Verifier` checks a block's signature once per (block hash, key, signature): another
+/// signature or another key over the same block is checked again, and the memory is bounded.
+#[test]
+fn a_verifier_remembers_block_signatures_that_verified() {
+    let fx = Fixture::with_blocks(&[1], &[&[3, 2, 4]]);
+    let trust = fx.trust();
+    let mut v = Verifier::with_block_memo(&trust, 2);
+    let first = fx.proof(0, 0, 0, &[0]);
+    v.verify_proof(&first.to_binary().unwrap()).unwrap();
+    // The same block, another row: fine. The same block with a bad signature: refused, even
+    // though a good one over that block hash is remembered.
+    let row2 = fx.proof(0, 0, 2, &[0]);
+    v.verify_proof(&row2.to_binary().unwrap()).unwrap();
+    let mut forged = fx.proof(0, 0, 1, &[0]);
+    forged.block_sig.as_mut().unwrap().sig[5] ^= 1;
+    assert_eq!(
+        v.verify_proof(&forged.to_binary().unwrap())
+            .unwrap_err()
+            .step(),
+        Step::BlockSignature
+    );
+    // A block whose signature was never seen is checked: a bad one fails.
+    let mut other = fx.proof(0, 1, 0, &[0]);
+    other.block_sig.as_mut().unwrap().sig[0] ^= 1;
+    assert_eq!(
+        v.verify_proof(other.to_json().as_bytes())
+            .unwrap_err()
+            .step(),
+        Step::BlockSignature
+    );
+    // With no memory every proof checks its block signature, and still verifies.
+    let mut none = Verifier::with_block_memo(&trust, 0);
+    for (h, i) in [(0, 0), (0, 1), (1, 1), (2, 3)] {
+        none.verify_proof(&fx.proof(0, h, i, &[0]).to_binary().unwrap())
+            .unwrap();
+    }
+}

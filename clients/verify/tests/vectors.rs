@@ -213,6 +213,47 @@ fn proof_vector_verifies_structurally() {
 }
 
 #[test]
+fn proof_vector_binary_form() {
+    let v = vectors();
+    let doc = support::doc_json::doc(g(&v, "proof"));
+    let path = format!("{}/../../docs/vectors/proof-bin-v1.json", package_dir());
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let pinned = support::doc_json::parse(&text).unwrap();
+    let bytes = support::unhex(s(g(&pinned, "binary_hex")));
+    // The test model, written from docs/PROOF-BINARY.md, writes exactly the pinned bytes.
+    assert_eq!(doc.to_binary().unwrap(), bytes);
+    assert_eq!(bytes.len(), num::<usize>(g(&pinned, "binary_bytes")));
+    assert!(bytes.starts_with(&PROOF_BIN_MAGIC));
+    // Both forms prove the same thing.
+    let t = Trust::structure_only();
+    assert_eq!(
+        verify_proof(&bytes, &t).unwrap(),
+        verify_proof(doc.to_json().as_bytes(), &t).unwrap()
+    );
+    // Every prefix and every extra byte is refused at `parse`.
+    for end in 0..bytes.len() {
+        let e = verify_proof(&bytes[..end], &t).unwrap_err();
+        assert_eq!(e.step(), Step::Parse, "prefix of {end} bytes: {e}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    let e = verify_proof(&long, &t).unwrap_err();
+    assert!(e.detail().contains("1 bytes after"), "{e}");
+    // Another version of the binary form is refused by name.
+    let mut v2 = bytes.clone();
+    v2[4] = 2;
+    let e = verify_proof(&v2, &t).unwrap_err();
+    assert_eq!(e.step(), Step::Parse);
+    assert!(e.detail().contains("annals-proof-bin/1"), "{e}");
+    // A row_hex that does not decode as a row fails at row_encoding, naming the field.
+    let mut bad = doc.clone();
+    bad.row_hex[0] = 2;
+    let e = verify_proof(&bad.to_binary().unwrap(), &t).unwrap_err();
+    assert_eq!(e.step(), Step::RowEncoding, "{e}");
+    assert!(e.detail().contains("version 2"), "{e}");
+}
+
+#[test]
 fn proof_vector_every_bit_change() {
     let v = vectors();
     let doc = support::doc_json::doc(g(&v, "proof"));

@@ -86,6 +86,9 @@ pub struct FileBlock {
     /// Roots of the block's proof pieces (`annals_storage::block_file::PROOF_CHUNK_ROWS` rows
     /// each); empty when the file does not record them.
     pub chunk_roots: Vec<annals_format::hash::Hash>,
+    /// Set once a proof has checked `signature` against the node's key (the bytes never
+    /// change while the file is open), so later proofs of the block skip the Ed25519 check.
+    pub signature_checked: OnceLock<()>,
 }
 
 /// A finished block file: one branch, one schema, blocks in height order.
@@ -100,8 +103,9 @@ pub struct BlockFile {
     pub bytes: u64,
     /// The Parquet footer, parsed once.
     pub parquet: Arc<ParquetMetaData>,
-    /// The footer with its page index, loaded by the first proof of a row of this file.
-    pub page_index: OnceLock<parquet::arrow::arrow_reader::ArrowReaderMetadata>,
+    /// The file mapped, with its footer and page index: opened by the first proof of a row
+    /// of this file.
+    pub pages: OnceLock<annals_storage::block_file::PageReader>,
 }
 
 /// One shard's readable state.
@@ -200,6 +204,7 @@ impl BlockFile {
                     .chunks_exact(32)
                     .map(|c| c.try_into().expect("32 bytes"))
                     .collect(),
+                signature_checked: OnceLock::new(),
             });
         }
         Ok(Self {
@@ -211,7 +216,7 @@ impl BlockFile {
             blocks,
             bytes: reader.bytes(),
             parquet: reader.metadata().clone(),
-            page_index: OnceLock::new(),
+            pages: OnceLock::new(),
         })
     }
 }

@@ -68,6 +68,76 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
     }
 }
 
+/// Every level of the tree over some leaf hashes, bottom-up: node `i` of level `k` is the
+/// `MTH` of leaves `i * 2^k .. min((i + 1) * 2^k, n)` (the bottom-up pairing of [`root_of`]),
+/// so each subtree an inclusion path names is one lookup. Build it once to give the paths of
+/// many leaves, or the root and a path without hashing the tree twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Levels {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Levels {
+    pub fn new(leaf_hashes: Vec<Hash>) -> Levels {
+        let mut levels = vec![leaf_hashes];
+        while levels.last().expect("one level").len() > 1 {
+            let up = levels
+                .last()
+                .expect("one level")
+                .chunks(2)
+                .map(|c| {
+                    if c.len() == 2 {
+                        node_hash(&c[0], &c[1])
+                    } else {
+                        c[0]
+                    }
+                })
+                .collect();
+            levels.push(up);
+        }
+        Levels { levels }
+    }
+
+    /// The leaf hashes.
+    pub fn leaves(&self) -> &[Hash] {
+        &self.levels[0]
+    }
+
+    /// `MTH` of all the leaves (the empty root for none).
+    pub fn root(&self) -> Hash {
+        match self.levels.last().expect("one level").first() {
+            Some(h) => *h,
+            None => empty_root(),
+        }
+    }
+}
+
+impl Levels {
+    /// `MTH` of leaves `start..end`: one lookup when the range is a node of the tree (every
+    /// range an inclusion path names is), else hashed from the leaves.
+    pub fn subtree(&self, start: u64, end: u64) -> Hash {
+        let n = self.levels[0].len() as u64;
+        let m = end - start;
+        let k = if m.is_power_of_two() {
+            m.trailing_zeros()
+        } else {
+            64 - (m - 1).leading_zeros()
+        };
+        // A node when aligned and either whole or cut only by the tree's right edge.
+        let aligned = start % (1 << k) == 0 && (m == 1 << k || end == n);
+        match self.levels.get(k as usize) {
+            Some(level) if aligned => level[(start >> k) as usize],
+            _ => root_of(&self.levels[0][start as usize..end as usize]),
+        }
+    }
+}
+
+impl RangeHasher for &Levels {
+    fn range_hash(&mut self, start: u64, end: u64) -> Hash {
+        self.subtree(start, end)
+    }
+}
+
 /// The roots of consecutive `chunk`-leaf pieces of a tree (`chunk` a power of two; the last
 /// piece may be shorter). Every piece is a subtree of the RFC 9162 decomposition, so
 /// `root_of(&chunk_roots(l, c)) == root_of(l)`: a block stores these to prove one row from
@@ -322,6 +392,33 @@ mod tests {
                         inclusion_path(&mut c, i, n).unwrap(),
                         inclusion_path(&mut LeafHashes(&l), i, n).unwrap(),
                         "chunk {chunk} size {n} leaf {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn levels_give_the_same_roots_and_paths_as_the_leaves() {
+        for n in 0..140usize {
+            let l = leaves(n);
+            let t = Levels::new(l.clone());
+            assert_eq!(t.root(), mth_rec(&l), "size {n}");
+            assert_eq!(t.leaves(), &l[..]);
+            for i in 0..n as u64 {
+                assert_eq!(
+                    inclusion_path(&mut &t, i, n as u64).unwrap(),
+                    inclusion_path(&mut LeafHashes(&l), i, n as u64).unwrap(),
+                    "size {n} leaf {i}"
+                );
+            }
+            // Any range, node or not, hashes as its leaves do.
+            for a in 0..n.min(20) {
+                for b in a + 1..=n.min(a + 20) {
+                    assert_eq!(
+                        t.subtree(a as u64, b as u64),
+                        mth_rec(&l[a..b]),
+                        "{a}..{b} of {n}"
                     );
                 }
             }

@@ -493,91 +493,119 @@ impl BlockFileReader {
     }
 }
 
-/// The Parquet footer of a block file with its page index, which [`read_rows`] needs to seek
-/// to the pages of a few rows. Load once per file and keep it: the main footer parse
-/// ([`BlockFileReader::metadata`]) leaves the page index out to keep open files small.
-pub fn load_page_index(path: &Path) -> Result<ArrowReaderMetadata, BlockFileError> {
-    let file = File::open(path).map_err(|source| BlockFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    ArrowReaderMetadata::load(
-        &file,
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
-    )
-    .map_err(|source| BlockFileError::Parquet {
-        path: path.to_owned(),
-        source,
-    })
+/// A finished block file opened for reads of a few rows at a time (the rows of one proof
+/// piece): mapped into memory, with its footer and page index loaded once, so a read costs
+/// no system call and no copy of the pages it skips or the ones it decodes.
+///
+/// Finished block files are immutable: written under a temporary name, synced, then renamed,
+/// and never written again (a removed file stays readable through the mapping). Truncating
+/// one in place under a running node is the one thing a mapping cannot survive (the read
+/// faults); `annals audit` is the tool for damaged files, and reads its own copy.
+#[derive(Debug, Clone)]
+pub struct PageReader {
+    path: PathBuf,
+    data: bytes::Bytes,
+    meta: ArrowReaderMetadata,
 }
 
-/// Rows `rows` of row group `row_group`, reading only the data pages that hold them.
-pub fn read_rows(
-    path: &Path,
-    meta: &ArrowReaderMetadata,
-    row_group: usize,
-    rows: std::ops::Range<usize>,
-) -> Result<RecordBatch, BlockFileError> {
-    let perr = |source| BlockFileError::Parquet {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(|source| BlockFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let total = meta
-        .metadata()
-        .row_groups()
-        .get(row_group)
-        .map(|g| g.num_rows() as usize)
-        .ok_or_else(|| BlockFileError::Corrupt {
+impl PageReader {
+    /// Maps `path` and reads its footer with the page index.
+    #[allow(unsafe_code)]
+    pub fn open(path: &Path) -> Result<PageReader, BlockFileError> {
+        let io = |source| BlockFileError::Io {
             path: path.to_owned(),
-            reason: format!("no row group {row_group}"),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only, and a finished block file is never written again
+        // (see the type's doc): its bytes cannot change under the mapping. Truncation by
+        // another process would fault the read (SIGBUS), never return other bytes.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let data = bytes::Bytes::from_owner(map);
+        let meta = ArrowReaderMetadata::load(
+            &data,
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+        )
+        .map_err(|source| BlockFileError::Parquet {
+            path: path.to_owned(),
+            source,
         })?;
-    if rows.start > rows.end || rows.end > total {
-        return Err(BlockFileError::Corrupt {
+        Ok(PageReader {
             path: path.to_owned(),
-            reason: format!("rows {rows:?} of row group {row_group} with {total} rows"),
-        });
+            data,
+            meta,
+        })
     }
-    let mut selectors = vec![
-        RowSelector::skip(rows.start),
-        RowSelector::select(rows.len()),
-    ];
-    if rows.end < total {
-        selectors.push(RowSelector::skip(total - rows.end));
-    }
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+
+    /// Rows `rows` of row group `row_group`, decoding only the data pages that hold them.
+    pub fn read_rows(
+        &self,
+        row_group: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<RecordBatch, BlockFileError> {
+        let path = &self.path;
+        let perr = |source| BlockFileError::Parquet {
+            path: path.to_owned(),
+            source,
+        };
+        let total = self
+            .meta
+            .metadata()
+            .row_groups()
+            .get(row_group)
+            .map(|g| g.num_rows() as usize)
+            .ok_or_else(|| BlockFileError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("no row group {row_group}"),
+            })?;
+        if rows.start > rows.end || rows.end > total {
+            return Err(BlockFileError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("rows {rows:?} of row group {row_group} with {total} rows"),
+            });
+        }
+        let mut selectors = vec![
+            RowSelector::skip(rows.start),
+            RowSelector::select(rows.len()),
+        ];
+        if rows.end < total {
+            selectors.push(RowSelector::skip(total - rows.end));
+        }
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            self.data.clone(),
+            self.meta.clone(),
+        )
         .with_row_groups(vec![row_group])
         .with_row_selection(RowSelection::from(selectors))
         .with_batch_size(rows.len().max(1))
         .build()
         .map_err(perr)?;
-    let mut batches = Vec::new();
-    for b in reader {
-        batches.push(b.map_err(|e| BlockFileError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?);
-    }
-    let schema = meta.schema().clone();
-    let batch =
-        arrow::compute::concat_batches(&schema, &batches).map_err(|e| BlockFileError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
+        let mut batches = Vec::new();
+        for b in reader {
+            batches.push(b.map_err(|e| BlockFileError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?);
+        }
+        let schema = self.meta.schema().clone();
+        let batch = arrow::compute::concat_batches(&schema, &batches).map_err(|e| {
+            BlockFileError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
         })?;
-    if batch.num_rows() != rows.len() {
-        return Err(BlockFileError::Corrupt {
-            path: path.to_owned(),
-            reason: format!(
-                "read {} rows of row group {row_group}, wanted {}",
-                batch.num_rows(),
-                rows.len()
-            ),
-        });
+        if batch.num_rows() != rows.len() {
+            return Err(BlockFileError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "read {} rows of row group {row_group}, wanted {}",
+                    batch.num_rows(),
+                    rows.len()
+                ),
+            });
+        }
+        Ok(batch)
     }
-    Ok(batch)
 }
 
 /// The canonical row encodings of a block's rows, in order: what `rows_root` is computed over.

@@ -477,6 +477,74 @@ impl Doc {
     }
 }
 
+impl Doc {
+    /// The proof in the binary form `annals-proof-bin/1`, written from docs/PROOF-BINARY.md
+    /// (not by the engine's writer). `None` when the document states something the binary
+    /// form cannot hold (an index over `u32`, a signature that is not 64 bytes, a path over
+    /// 255 hashes); the binary form has no `format` or `row` object.
+    pub fn to_binary(&self) -> Option<Vec<u8>> {
+        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        fn path(out: &mut Vec<u8>, p: &[H]) -> Option<()> {
+            out.push(u8::try_from(p.len()).ok()?);
+            p.iter().for_each(|h| out.extend_from_slice(h));
+            Some(())
+        }
+        fn ks(out: &mut Vec<u8>, k: &KS) -> Option<()> {
+            if k.sig.len() != 64 {
+                return None;
+            }
+            out.extend_from_slice(&k.key);
+            out.extend_from_slice(&k.sig);
+            Some(())
+        }
+        let mut out = b"APRF\x01".to_vec();
+        bytes(&mut out, &self.row_hex);
+        if self.tx_id.len() != 32 || self.entry.len() != 56 {
+            return None;
+        }
+        out.extend_from_slice(&self.tx_id);
+        bytes(&mut out, &self.header);
+        out.extend_from_slice(&u32::try_from(self.index).ok()?.to_le_bytes());
+        path(&mut out, &self.block_path)?;
+        match &self.block_sig {
+            None => out.push(0),
+            Some(k) => {
+                out.push(1);
+                ks(&mut out, k)?;
+            }
+        }
+        out.extend_from_slice(&self.branch_size.to_le_bytes());
+        path(&mut out, &self.branch_path)?;
+        bytes(&mut out, &self.cp_header);
+        out.extend_from_slice(&self.entry);
+        out.extend_from_slice(&self.entry_index.to_le_bytes());
+        path(&mut out, &self.cp_path)?;
+        out.extend_from_slice(&(self.sigs.len() as u32).to_le_bytes());
+        for k in &self.sigs {
+            ks(&mut out, k)?;
+        }
+        match &self.att {
+            None => out.push(0),
+            Some(a) => {
+                if a.sig.len() != 64 {
+                    return None;
+                }
+                out.push(1);
+                out.extend_from_slice(&a.device_key);
+                out.extend_from_slice(&a.seq.to_le_bytes());
+                out.extend_from_slice(&a.batch_size.to_le_bytes());
+                out.extend_from_slice(&a.index.to_le_bytes());
+                path(&mut out, &a.path)?;
+                out.extend_from_slice(&a.sig);
+            }
+        }
+        Some(out)
+    }
+}
+
 pub struct FxBlock {
     pub rows: Vec<TRow>,
     pub header: Vec<u8>,
