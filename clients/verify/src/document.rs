@@ -142,6 +142,17 @@ fn hex_n<const N: usize>(field: &str, v: &Json) -> Result<[u8; N], VerifyError> 
     decode_hex::<N>(string(Step::Parse, field, v)?).map_err(|e| field_err(Step::Parse, field, e))
 }
 
+/// [`hex_n`] for a field whose name is only built when it is needed (an error).
+fn hex_n_named<const N: usize>(
+    field: impl Fn() -> String,
+    v: &Json,
+) -> Result<[u8; N], VerifyError> {
+    match v {
+        Json::String(s) => decode_hex::<N>(s).map_err(|e| field_err(Step::Parse, &field(), e)),
+        _ => hex_n::<N>(&field(), v),
+    }
+}
+
 fn path(field: &str, v: &Json) -> Result<Vec<Hash>, VerifyError> {
     let Json::Array(items) = v else {
         return Err(field_err(
@@ -160,19 +171,19 @@ fn path(field: &str, v: &Json) -> Result<Vec<Hash>, VerifyError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, h)| hex_n::<32>(&alloc::format!("{field}[{i}]"), h))
+        .map(|(i, h)| hex_n_named::<32>(|| alloc::format!("{field}[{i}]"), h))
         .collect()
 }
 
 fn key_signature(field: &str, v: &Json) -> Result<KeySignature, VerifyError> {
     let o = object(Step::Parse, field, v, &["key", "sig"])?;
     Ok(KeySignature {
-        key: hex_n::<32>(
-            &alloc::format!("{field}.key"),
+        key: hex_n_named::<32>(
+            || alloc::format!("{field}.key"),
             member(Step::Parse, o, field, "key")?,
         )?,
-        sig: hex_n::<64>(
-            &alloc::format!("{field}.sig"),
+        sig: hex_n_named::<64>(
+            || alloc::format!("{field}.sig"),
             member(Step::Parse, o, field, "sig")?,
         )?,
     })
@@ -376,11 +387,11 @@ pub(crate) fn read_row(row: &Json) -> Result<Row, VerifyError> {
         let name = String::from(string(r, &field, member(r, c, &field, "name")?)?);
         let kind = string(r, &field, member(r, c, &field, "kind")?)?;
         let v = member(r, c, &field, "value")?;
-        let field = alloc::format!("row.columns[{i}] ({name:?})");
+        let field = || alloc::format!("row.columns[{i}] ({name:?})");
         let wrong = |want: &str| {
             field_err(
                 r,
-                &field,
+                &field(),
                 alloc::format!("a {kind} value must be {want}, found {}", v.type_name()),
             )
         };
@@ -390,19 +401,19 @@ pub(crate) fn read_row(row: &Json) -> Result<Row, VerifyError> {
                 ("string", Json::String(s)) => Value::Str(s.clone()),
                 ("bool", Json::Bool(b)) => Value::Bool(*b),
                 ("i64", Json::Number(n)) => Value::I64(n.parse::<i64>().map_err(|_| {
-                    field_err(r, &field, alloc::format!("{n} is not an i64 integer"))
+                    field_err(r, &field(), alloc::format!("{n} is not an i64 integer"))
                 })?),
                 ("u64", Json::Number(n)) => Value::U64(n.parse::<u64>().map_err(|_| {
-                    field_err(r, &field, alloc::format!("{n} is not a u64 integer"))
+                    field_err(r, &field(), alloc::format!("{n} is not a u64 integer"))
                 })?),
                 ("f64", Json::Number(n)) => {
                     // `core`'s parser rounds correctly, so a round-trip-exact decimal gives back the
                     // writer's bits. JSON has no NaN or infinity; an overflowing literal is refused.
                     let x = n
                         .parse::<f64>()
-                        .map_err(|_| field_err(r, &field, alloc::format!("{n} is not an f64")))?;
+                        .map_err(|_| field_err(r, &field(), alloc::format!("{n} is not an f64")))?;
                     if !x.is_finite() {
-                        return Err(field_err(r, &field, alloc::format!("{n} overflows f64")));
+                        return Err(field_err(r, &field(), alloc::format!("{n} overflows f64")));
                     }
                     Value::F64(x)
                 }
@@ -412,7 +423,7 @@ pub(crate) fn read_row(row: &Json) -> Result<Row, VerifyError> {
                 (k, _) => {
                     return Err(field_err(
                         r,
-                        &field,
+                        &field(),
                         alloc::format!(
                             "unknown kind {k:?} (expected tag, f64, i64, u64, bool or string)"
                         ),

@@ -18,12 +18,36 @@ impl fmt::Display for Hex<'_> {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// The value of each lowercase hex digit, [`NOT_HEX`] for every other byte.
+const NIBBLES: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+const NOT_HEX: u8 = 0xff;
+
+/// Decodes `s` (`2 * out.len()` lowercase hex digits) into `out`.
+fn decode_into(s: &[u8], out: &mut [u8]) -> Result<(), String> {
+    for (i, (pair, o)) in s.chunks_exact(2).zip(out.iter_mut()).enumerate() {
+        let (h, l) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        if h == NOT_HEX || l == NOT_HEX {
+            return Err(alloc::format!(
+                "not lowercase hex at character {}",
+                2 * i + usize::from(h != NOT_HEX)
+            ));
+        }
+        *o = h << 4 | l;
+    }
+    Ok(())
 }
 
 /// Decodes lowercase hex of any even length.
@@ -32,16 +56,9 @@ pub(crate) fn decode_hex_vec(s: &str) -> Result<Vec<u8>, String> {
     if !b.len().is_multiple_of(2) {
         return Err(alloc::format!("odd number of hex digits ({})", b.len()));
     }
-    b.chunks(2)
-        .enumerate()
-        .map(|(i, pair)| match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(h), Some(l)) => Ok(h << 4 | l),
-            _ => Err(alloc::format!(
-                "not lowercase hex at character {}",
-                2 * i + usize::from(nibble(pair[0]).is_some())
-            )),
-        })
-        .collect()
+    let mut out = alloc::vec![0u8; b.len() / 2];
+    decode_into(b, &mut out)?;
+    Ok(out)
 }
 
 /// Decodes exactly `N` bytes of lowercase hex.
@@ -53,9 +70,8 @@ pub(crate) fn decode_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
             s.len()
         ));
     }
-    let v = decode_hex_vec(s)?;
     let mut out = [0u8; N];
-    out.copy_from_slice(&v);
+    decode_into(s.as_bytes(), &mut out)?;
     Ok(out)
 }
 

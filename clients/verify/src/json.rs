@@ -67,13 +67,20 @@ impl fmt::Display for JsonError {
 
 /// Parses one JSON value that must fill the whole input (surrounding whitespace allowed).
 pub(crate) fn parse(input: &[u8]) -> Result<Value, JsonError> {
-    if let Err(e) = core::str::from_utf8(input) {
-        return Err(JsonError {
-            offset: e.valid_up_to(),
-            what: "not UTF-8",
-        });
-    }
-    let mut p = Parser { s: input, i: 0 };
+    let text = match core::str::from_utf8(input) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(JsonError {
+                offset: e.valid_up_to(),
+                what: "not UTF-8",
+            })
+        }
+    };
+    let mut p = Parser {
+        s: input,
+        text,
+        i: 0,
+    };
     p.ws();
     let v = p.value(0)?;
     p.ws();
@@ -85,6 +92,8 @@ pub(crate) fn parse(input: &[u8]) -> Result<Value, JsonError> {
 
 struct Parser<'a> {
     s: &'a [u8],
+    /// `s`, checked to be UTF-8 once: spans between ASCII delimiters are sliced from it.
+    text: &'a str,
     i: usize,
 }
 
@@ -277,9 +286,11 @@ impl Parser<'_> {
                 }
                 self.i += 1;
             }
-            // Whole UTF-8 sequences only: the run stops at ASCII bytes.
+            // Whole UTF-8 sequences only: the run starts and stops at ASCII bytes.
             out.push_str(
-                core::str::from_utf8(&self.s[run..self.i]).map_err(|_| self.err("UTF-8"))?,
+                self.text
+                    .get(run..self.i)
+                    .ok_or_else(|| self.err("UTF-8"))?,
             );
             match self.peek() {
                 Some(b'"') => {
