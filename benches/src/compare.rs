@@ -57,7 +57,7 @@ pub(crate) fn resolve_annals(given: Option<&Path>) -> Result<PathBuf> {
     }
     let candidates = [
         PathBuf::from("target/release/annals"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/annals"),
+        crate::package_dir().join("../target/release/annals"),
     ];
     candidates
         .iter()

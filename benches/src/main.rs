@@ -4,6 +4,16 @@
 //! what each figure means.
 
 mod answers;
+
+/// This package's directory, where the query files and scripts are: the one `cargo` names
+/// when it runs the harness (a binary built from another checkout of the same sources then
+/// still reads this checkout's files), else the one it was built in.
+fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.join("queries/tsbs_postgres.sql").is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
 mod compare;
 mod flight;
 mod gen_parquet;
@@ -459,9 +469,9 @@ async fn side_by_side(args: SideArgs) -> Result<()> {
 async fn compare_query(args: CompareQueryArgs) -> Result<()> {
     args.send.check()?;
     let iot = args.scale.config()?;
-    let queries = args.queries.unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../query/tests/tsbs_queries.sql")
-    });
+    let queries = args
+        .queries
+        .unwrap_or_else(|| package_dir().join("../query/tests/tsbs_queries.sql"));
     query::run(query::QueryOptions {
         iot,
         connections: args.send.connections,

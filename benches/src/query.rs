@@ -427,7 +427,7 @@ pub(crate) fn run_duckdb(
     queries_path: &Path,
     runs: Option<usize>,
 ) -> Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../query/tests/duckdb_tsbs.py");
+    let script = crate::package_dir().join("../query/tests/duckdb_tsbs.py");
     let mut cmd = Command::new(python);
     cmd.arg(&script).arg(export_dir).arg(queries_path);
     if let Some(runs) = runs {

@@ -441,7 +441,7 @@ mod tests {
             child: Some(Command::new("sleep").arg("30").spawn().unwrap()),
             base_url: String::new(),
             root: None,
-            data_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
+            data_dir: crate::package_dir().join("src"),
             log_path: PathBuf::new(),
             spec: (PathBuf::from("sleep"), vec!["30".into()]),
         };

@@ -96,7 +96,7 @@ struct Results {
 }
 
 fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    crate::package_dir().join(rel)
 }
 
 fn duckdb_version(python: &Path) -> Result<String> {

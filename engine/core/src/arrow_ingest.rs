@@ -42,8 +42,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use annals_format::hash::{leaf_hash, Hash};
-use annals_format::row::{ColumnRef, Kind, ValueRef};
-use annals_format::FORMAT_VERSION;
+use annals_format::row::{ColumnPrefix, ColumnRef, Kind, RowHead, ValueRef};
 use annals_lp::{Limits, TIME_NS_MAX, TIME_NS_MIN};
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, DictionaryArray, StringArray,
@@ -506,33 +505,21 @@ impl ShardRows {
 }
 
 /// Writes column `col` of each of `rows` (those where it has a value) at the row's cursor in
-/// `enc`: `prefix` (name and kind), then the value, length-prefixed when `sized`.
+/// `enc`, and moves the cursor past it.
 #[inline]
 fn fill<V: AsRef<[u8]>>(
     rows: &[u32],
     enc: &mut [u8],
     cursor: &mut [usize],
-    prefix: &[u8],
+    prefix: &ColumnPrefix,
     col: &Col<'_>,
-    sized: bool,
     value: impl Fn(usize) -> V,
 ) {
     for (k, &row) in rows.iter().enumerate() {
         let row = row as usize;
-        if !col.is_valid(row) {
-            continue;
+        if col.is_valid(row) {
+            cursor[k] = prefix.write(enc, cursor[k], value(row).as_ref());
         }
-        let v = value(row);
-        let v = v.as_ref();
-        let mut at = cursor[k];
-        enc[at..at + prefix.len()].copy_from_slice(prefix);
-        at += prefix.len();
-        if sized {
-            enc[at..at + 4].copy_from_slice(&(v.len() as u32).to_le_bytes());
-            at += 4;
-        }
-        enc[at..at + v.len()].copy_from_slice(v);
-        cursor[k] = at + v.len();
     }
 }
 
@@ -669,23 +656,31 @@ pub fn prepare_arrow(
         }
     }
 
-    // Canonical encodings, a column at a time: each row's length first, then its header, then
-    // each column (in canonical order) at the row's cursor. The same bytes as
-    // `encode_row_presorted` (the arrow_ingest tests compare them with line protocol's).
-    let head = 1 + 4 + name.len() + 8 + 2;
+    // Canonical encodings, a column at a time (`annals_format::row::RowHead` and
+    // `ColumnPrefix`): each row's length first, then its head, then each column (in canonical
+    // order) at the row's cursor. The same bytes as `encode_row` (the arrow_ingest tests
+    // compare them with line protocol's).
+    let row_head = RowHead::new(name);
+    let head = row_head.len();
+    let prefixes: Vec<ColumnPrefix> = cols
+        .iter()
+        .map(|c| ColumnPrefix::new(c.name, c.kind))
+        .collect();
     let mut lens: Vec<u32> = vec![head as u32; n];
     let mut ncols: Vec<u16> = vec![0; n];
-    for (c, a) in cols.iter().zip(&access) {
-        let prefix = (4 + c.name.len() + 1) as u32;
+    for ((c, a), prefix) in cols.iter().zip(&access).zip(&prefixes) {
         let valid = |row: usize| c.is_valid(row);
+        let mut add = |row: usize, value_len: usize| {
+            lens[row] += prefix.encoded_len(value_len) as u32;
+            ncols[row] += 1;
+        };
         match a {
             Access::Tag(keys, values) => {
                 let offs = values.value_offsets();
                 for (row, &k) in keys.iter().enumerate() {
                     if valid(row) {
                         let k = k as usize;
-                        lens[row] += prefix + 4 + (offs[k + 1] - offs[k]) as u32;
-                        ncols[row] += 1;
+                        add(row, (offs[k + 1] - offs[k]) as usize);
                     }
                 }
             }
@@ -693,36 +688,20 @@ pub fn prepare_arrow(
                 let offs = values.value_offsets();
                 for row in 0..n {
                     if valid(row) {
-                        lens[row] += prefix + 4 + (offs[row + 1] - offs[row]) as u32;
-                        ncols[row] += 1;
+                        add(row, (offs[row + 1] - offs[row]) as usize);
                     }
                 }
             }
             Access::F64(_) | Access::I64(_) | Access::U64(_) | Access::Bool(_) => {
-                let width = prefix + if matches!(a, Access::Bool(_)) { 1 } else { 8 };
+                let width = if matches!(a, Access::Bool(_)) { 1 } else { 8 };
                 for row in 0..n {
                     if valid(row) {
-                        lens[row] += width;
-                        ncols[row] += 1;
+                        add(row, width);
                     }
                 }
             }
         }
     }
-    let prefixes: Vec<Vec<u8>> = cols
-        .iter()
-        .map(|c| {
-            let mut p = Vec::with_capacity(4 + c.name.len() + 1);
-            p.extend_from_slice(&(c.name.len() as u32).to_le_bytes());
-            p.extend_from_slice(c.name.as_bytes());
-            p.push(c.kind as u8);
-            p
-        })
-        .collect();
-    let mut header = Vec::with_capacity(head);
-    header.push(FORMAT_VERSION);
-    header.extend_from_slice(&(name.len() as u32).to_le_bytes());
-    header.extend_from_slice(name.as_bytes());
     for s in &mut out {
         let mut total = 0u32;
         for &row in &s.rows {
@@ -733,32 +712,26 @@ pub fn prepare_arrow(
         s.cursor = Vec::with_capacity(s.rows.len());
         for (k, &row) in s.rows.iter().enumerate() {
             let at = s.offsets[k] as usize;
-            let end = at + head;
-            let slot = &mut s.enc[at..end];
-            slot[..header.len()].copy_from_slice(&header);
-            slot[header.len()..header.len() + 8].copy_from_slice(&s.times[k].to_le_bytes());
-            slot[header.len() + 8..].copy_from_slice(&ncols[row as usize].to_le_bytes());
-            s.cursor.push(end);
+            row_head.write(&mut s.enc[at..at + head], s.times[k], ncols[row as usize]);
+            s.cursor.push(at + head);
         }
     }
     for ((c, a), prefix) in cols.iter().zip(&access).zip(&prefixes) {
         for s in &mut out {
             let (rows, enc, cursor) = (&s.rows[..], &mut s.enc[..], &mut s.cursor[..]);
             match *a {
-                Access::Tag(keys, values) => fill(rows, enc, cursor, prefix, c, true, |r| {
+                Access::Tag(keys, values) => fill(rows, enc, cursor, prefix, c, |r| {
                     values.value(keys[r] as usize).as_bytes()
                 }),
-                Access::Str(values) => fill(rows, enc, cursor, prefix, c, true, |r| {
-                    values.value(r).as_bytes()
-                }),
-                Access::F64(v) => fill(rows, enc, cursor, prefix, c, false, |r| {
+                Access::Str(values) => {
+                    fill(rows, enc, cursor, prefix, c, |r| values.value(r).as_bytes())
+                }
+                Access::F64(v) => fill(rows, enc, cursor, prefix, c, |r| {
                     v[r].to_bits().to_le_bytes()
                 }),
-                Access::I64(v) => fill(rows, enc, cursor, prefix, c, false, |r| v[r].to_le_bytes()),
-                Access::U64(v) => fill(rows, enc, cursor, prefix, c, false, |r| v[r].to_le_bytes()),
-                Access::Bool(v) => fill(rows, enc, cursor, prefix, c, false, |r| {
-                    [u8::from(v.value(r))]
-                }),
+                Access::I64(v) => fill(rows, enc, cursor, prefix, c, |r| v[r].to_le_bytes()),
+                Access::U64(v) => fill(rows, enc, cursor, prefix, c, |r| v[r].to_le_bytes()),
+                Access::Bool(v) => fill(rows, enc, cursor, prefix, c, |r| [u8::from(v.value(r))]),
             }
         }
     }
