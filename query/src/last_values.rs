@@ -17,7 +17,7 @@ use annals_engine::catalog::TableSchema;
 use annals_engine::engine::Engine;
 use annals_engine::prepare::series_hash;
 use annals_format::row::{ColumnRef, Kind, ValueRef};
-use arrow::array::{Array, AsArray, StringArray, TimestampNanosecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, TimestampNanosecondArray, UInt32Array};
 use arrow::datatypes::{Int32Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -223,27 +223,26 @@ fn series_of_rows(table: &TableSchema, batch: &RecordBatch) -> Result<Vec<u64>> 
 /// The newest `count` rows per distinct value of `keys`.
 fn newest_per_key(batch: &RecordBatch, keys: &[String], count: usize) -> Result<RecordBatch> {
     let times = times(batch)?;
-    let key_cols: Vec<&arrow::array::DictionaryArray<Int32Type>> = keys
+    let key_cols: Vec<ArrayRef> = keys
         .iter()
         .map(|k| {
             batch
                 .column_by_name(k)
-                .map(|c| c.as_dictionary::<Int32Type>())
+                .cloned()
                 .ok_or_else(|| DataFusionError::Plan(format!("no column '{k}'")))
         })
         .collect::<Result<_>>()?;
-    let mut groups: HashMap<Vec<Option<String>>, Vec<usize>> = HashMap::new();
-    for r in 0..batch.num_rows() {
-        let key: Vec<Option<String>> = key_cols
+    // Keys as row-format bytes (nulls included), one allocation for all rows.
+    let converter = arrow::row::RowConverter::new(
+        key_cols
             .iter()
-            .map(|d| {
-                d.is_valid(r).then(|| {
-                    let values: &StringArray = d.values().as_string();
-                    values.value(d.keys().value(r) as usize).to_string()
-                })
-            })
-            .collect();
-        groups.entry(key).or_default().push(r);
+            .map(|c| arrow::row::SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&key_cols)?;
+    let mut groups: HashMap<arrow::row::Row<'_>, Vec<usize>> = HashMap::new();
+    for r in 0..batch.num_rows() {
+        groups.entry(rows.row(r)).or_default().push(r);
     }
     let mut picks: Vec<u32> = Vec::new();
     for rows in groups.values_mut() {

@@ -219,6 +219,10 @@ impl LastValues {
                     true,
                 );
             }
+            // The seed batch comes from a scan: its tag dictionaries hold the values of every
+            // batch the scan read. Copy this shard's rows out once, so each read of the cache
+            // interleaves small batches with small dictionaries.
+            c.compact(batch.schema_ref());
         }
         self.cold.lock().remove(table);
     }
