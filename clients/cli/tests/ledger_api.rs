@@ -627,13 +627,16 @@ fn annals_proof_command_prints_and_saves_the_proof() {
     assert_eq!(served, bin);
     let keys = d.path().join("keys.txt");
     std::fs::write(&keys, format!("{}\n", to_hex(&node_key(&s)))).unwrap();
-    let out = Command::new(BIN)
-        .arg("verify")
-        .arg(&bin_file)
-        .arg("--trust")
-        .arg(&keys)
-        .output()
-        .unwrap();
+    let verify = || {
+        Command::new(BIN)
+            .arg("verify")
+            .arg(&bin_file)
+            .arg("--trust")
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
     assert!(
         out.status.success(),
         "{}{}",
@@ -649,14 +652,7 @@ fn annals_proof_command_prints_and_saves_the_proof() {
     let mut bad = bin.clone();
     bad[40] ^= 1;
     std::fs::write(&bin_file, &bad).unwrap();
-    let out = Command::new(BIN)
-        .arg("verify")
-        .arg(&bin_file)
-        .arg("--trust")
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    assert_ne!(verify().status.code(), Some(0));
     let (code, v) = get(&s, &format!("{}&format=xml", proof_url(e, true)));
     assert_eq!(code, 400, "{v}");
     assert!(

@@ -76,23 +76,18 @@ pub(crate) fn parse(input: &[u8]) -> Result<Value, JsonError> {
             })
         }
     };
-    let mut p = Parser {
-        s: input,
-        text,
-        i: 0,
-    };
+    let mut p = Parser { text, i: 0 };
     p.ws();
     let v = p.value(0)?;
     p.ws();
-    if p.i != p.s.len() {
+    if p.i != p.text.len() {
         return Err(p.err("trailing characters after the document"));
     }
     Ok(v)
 }
 
 struct Parser<'a> {
-    s: &'a [u8],
-    /// `s`, checked to be UTF-8 once: spans between ASCII delimiters are sliced from it.
+    /// The input, checked to be UTF-8 once: spans between ASCII delimiters are sliced from it.
     text: &'a str,
     i: usize,
 }
@@ -106,7 +101,7 @@ impl Parser<'_> {
     }
 
     fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
+        self.text.as_bytes().get(self.i).copied()
     }
 
     fn ws(&mut self) {
@@ -139,7 +134,7 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, word: &'static str, v: Value) -> Result<Value, JsonError> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
+        if self.text.as_bytes()[self.i..].starts_with(word.as_bytes()) {
             self.i += word.len();
             Ok(v)
         } else {
@@ -255,7 +250,10 @@ impl Parser<'_> {
             }
         }
         // The input was checked to be UTF-8 and this span is ASCII.
-        let text = core::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("number"))?;
+        let text = self
+            .text
+            .get(start..self.i)
+            .ok_or_else(|| self.err("number"))?;
         Ok(Value::Number(String::from(text)))
     }
 
@@ -313,7 +311,7 @@ impl Parser<'_> {
                             let at = self.i;
                             let hi = self.hex4()?;
                             let code = if (0xD800..0xDC00).contains(&hi) {
-                                if !self.s[self.i..].starts_with(b"\\u") {
+                                if !self.text.as_bytes()[self.i..].starts_with(b"\\u") {
                                     return Err(JsonError {
                                         offset: at,
                                         what: "lone surrogate in \\u escape",

@@ -661,7 +661,7 @@ pub fn prepare_arrow(
     // order) at the row's cursor. The same bytes as `encode_row` (the arrow_ingest tests
     // compare them with line protocol's).
     let row_head = RowHead::new(name);
-    let head = row_head.len();
+    let head = row_head.encoded_len();
     let prefixes: Vec<ColumnPrefix> = cols
         .iter()
         .map(|c| ColumnPrefix::new(c.name, c.kind))

@@ -40,7 +40,6 @@ use annals_storage::block_file::{row_encodings, PageReader, PROOF_CHUNK_ROWS};
 use annals_storage::branch_log::{stored_hash_count, stored_hash_index, TREE_FILE};
 use annals_storage::checkpoint_log::CheckpointRecord;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
@@ -750,6 +749,16 @@ fn find_block<'a>(snap: &'a Snapshot, branch: &BranchId, height: u64) -> Option<
     None
 }
 
+/// The file's [`PageReader`], opened (mapped) by the first read of the file's rows.
+fn pages(file: &BlockFile) -> Result<&PageReader, ProofError> {
+    if let Some(p) = file.pages.get() {
+        return Ok(p);
+    }
+    let p = PageReader::open(&file.path)
+        .map_err(|e| ProofError::Io(format!("{}: {e}", file.path.display())))?;
+    Ok(file.pages.get_or_init(|| p))
+}
+
 fn read_file_block(file: &BlockFile, block: usize) -> Result<Vec<RecordBatch>, ProofError> {
     let b = &file.blocks[block];
     let io = |e: String| {
@@ -759,17 +768,14 @@ fn read_file_block(file: &BlockFile, block: usize) -> Result<Vec<RecordBatch>, P
             b.row_group
         ))
     };
-    let f = File::open(&file.path).map_err(|e| io(e.to_string()))?;
-    let meta = ArrowReaderMetadata::try_new(file.parquet.clone(), Default::default())
+    let pages = pages(file)?;
+    let rows = pages
+        .row_count(b.row_group)
         .map_err(|e| io(e.to_string()))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta)
-        .with_row_groups(vec![b.row_group])
-        .with_batch_size(1 << 16)
-        .build()
+    let batch = pages
+        .read_rows(b.row_group, 0..rows)
         .map_err(|e| io(e.to_string()))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io(e.to_string()))
+    Ok(vec![batch])
 }
 
 /// The rows of one block as canonical encodings, with its header and signature if sealed.
@@ -839,14 +845,7 @@ fn read_piece(
     let first = index as usize / PROOF_CHUNK_ROWS * PROOF_CHUNK_ROWS;
     let end = (first + PROOF_CHUNK_ROWS).min(rows);
     let io = |e: String| ProofError::Io(format!("{}: {e}", file.path.display()));
-    let pages = match file.pages.get() {
-        Some(p) => p,
-        None => {
-            let p = PageReader::open(&file.path).map_err(|e| io(e.to_string()))?;
-            file.pages.get_or_init(|| p)
-        }
-    };
-    let batch = pages
+    let batch = pages(file)?
         .read_rows(b.row_group, first..end)
         .map_err(|e| io(e.to_string()))?;
     let encodings = row_encodings(&file.table, &batch)

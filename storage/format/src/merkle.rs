@@ -41,16 +41,7 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
         _ => {
             // Bottom-up pairing gives the RFC tree: the left subtree is always the complete one,
             // and an odd node at the end of a level is promoted unchanged.
-            let mut level: Vec<Hash> = leaf_hashes
-                .chunks(2)
-                .map(|c| {
-                    if c.len() == 2 {
-                        node_hash(&c[0], &c[1])
-                    } else {
-                        c[0]
-                    }
-                })
-                .collect();
+            let mut level = parent_level(leaf_hashes);
             while level.len() > 1 {
                 let mut w = 0;
                 for r in (0..level.len()).step_by(2) {
@@ -68,6 +59,20 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
     }
 }
 
+/// The level above `level`: each pair hashed, an odd node at the end promoted unchanged.
+fn parent_level(level: &[Hash]) -> Vec<Hash> {
+    level
+        .chunks(2)
+        .map(|c| {
+            if c.len() == 2 {
+                node_hash(&c[0], &c[1])
+            } else {
+                c[0]
+            }
+        })
+        .collect()
+}
+
 /// Every level of the tree over some leaf hashes, bottom-up: node `i` of level `k` is the
 /// `MTH` of leaves `i * 2^k .. min((i + 1) * 2^k, n)` (the bottom-up pairing of [`root_of`]),
 /// so each subtree an inclusion path names is one lookup. Build it once to give the paths of
@@ -81,18 +86,7 @@ impl Levels {
     pub fn new(leaf_hashes: Vec<Hash>) -> Levels {
         let mut levels = vec![leaf_hashes];
         while levels.last().expect("one level").len() > 1 {
-            let up = levels
-                .last()
-                .expect("one level")
-                .chunks(2)
-                .map(|c| {
-                    if c.len() == 2 {
-                        node_hash(&c[0], &c[1])
-                    } else {
-                        c[0]
-                    }
-                })
-                .collect();
+            let up = parent_level(levels.last().expect("one level"));
             levels.push(up);
         }
         Levels { levels }

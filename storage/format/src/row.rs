@@ -279,7 +279,7 @@ pub fn encode_row_presorted<'c>(
 }
 
 /// The parts of the row encoding for writers that fill many rows a column at a time (the Arrow
-/// ingest path): size every row first ([`RowHead::len`] plus [`ColumnPrefix::encoded_len`] of
+/// ingest path): size every row first ([`RowHead::encoded_len`] plus [`ColumnPrefix::encoded_len`] of
 /// each column it has), write each row's head into its slot ([`RowHead::write`]), then each
 /// column, in canonical (name) order, at the row's cursor ([`ColumnPrefix::write`]). The
 /// result is byte for byte what [`encode_row`] gives; the caller keeps the column order.
@@ -298,16 +298,12 @@ impl RowHead {
     }
 
     /// Bytes of a row before its first column: version, table, time and column count.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         self.start.len() + 8 + 2
     }
 
-    /// Never true: a head holds at least the version, time and count.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Writes the head of a row of `ncols` columns into `slot` ([`RowHead::len`] bytes).
+    /// Writes the head of a row of `ncols` columns into `slot` ([`RowHead::encoded_len`]
+    /// bytes).
     #[inline]
     pub fn write(&self, slot: &mut [u8], time: i64, ncols: u16) {
         let n = self.start.len();
@@ -487,11 +483,11 @@ mod tests {
                     (ColumnPrefix::new(&c.name, c.value.as_ref().kind()), value)
                 })
                 .collect();
-            let len = head.len() + cols.iter().map(|(p, v)| p.encoded_len(v.len())).sum::<usize>();
+            let len = head.encoded_len() + cols.iter().map(|(p, v)| p.encoded_len(v.len())).sum::<usize>();
             prop_assert_eq!(len, enc.len());
             let mut out = vec![0u8; len];
             head.write(&mut out, row.time, cols.len() as u16);
-            let mut at = head.len();
+            let mut at = head.encoded_len();
             for (p, v) in &cols {
                 at = p.write(&mut out, at, v);
             }

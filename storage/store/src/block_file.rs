@@ -537,6 +537,19 @@ impl PageReader {
         })
     }
 
+    /// The rows of row group `row_group`.
+    pub fn row_count(&self, row_group: usize) -> Result<usize, BlockFileError> {
+        self.meta
+            .metadata()
+            .row_groups()
+            .get(row_group)
+            .map(|g| g.num_rows() as usize)
+            .ok_or_else(|| BlockFileError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("no row group {row_group}"),
+            })
+    }
+
     /// Rows `rows` of row group `row_group`, decoding only the data pages that hold them.
     pub fn read_rows(
         &self,
@@ -548,16 +561,7 @@ impl PageReader {
             path: path.to_owned(),
             source,
         };
-        let total = self
-            .meta
-            .metadata()
-            .row_groups()
-            .get(row_group)
-            .map(|g| g.num_rows() as usize)
-            .ok_or_else(|| BlockFileError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("no row group {row_group}"),
-            })?;
+        let total = self.row_count(row_group)?;
         if rows.start > rows.end || rows.end > total {
             return Err(BlockFileError::Corrupt {
                 path: path.to_owned(),
