@@ -2,7 +2,7 @@
 //! - WAL: 1 MiB batches of rows records (one per prepared chunk, as a shard writer logs them)
 //!   appended, then one `sync` (fdatasync) per batch, bytes/s; and the same without fsync;
 //! - branch log: appending one block header (+ signature), with and without its fsync, per block;
-//! - block file: one sealed 16384-row block written as a Parquet row group (zstd) into an open
+//! - block file: one sealed 16384-row block written as a Parquet row group (Snappy) into an open
 //!   file, and a whole one-block file (create, write, footer, fsync, rename, directory fsync).
 
 mod common;

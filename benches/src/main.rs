@@ -4,6 +4,7 @@
 //! what each figure means.
 
 mod answers;
+mod codecs;
 
 /// This package's directory, where the query files and scripts are: the one `cargo` names
 /// when it runs the harness (a binary built from another checkout of the same sources then
@@ -69,6 +70,25 @@ enum Cmd {
     /// Line protocol vs Arrow Flight DoPut ingest of the same rows, then Flight DoGet
     /// streaming; prints a markdown table.
     Flight(FlightArgs),
+    /// Rewrite Parquet block files under each codec annals could use and time decoding
+    /// columns from a file and from memory; prints a markdown table.
+    Codecs(CodecArgs),
+}
+
+#[derive(Debug, Args)]
+struct CodecArgs {
+    /// Block files (`<data dir>/blocks/<branch>/*.parquet`) of one table.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Column sets to decode, each comma-separated; repeat the flag for several.
+    #[arg(long = "columns", required = true)]
+    columns: Vec<String>,
+    /// Where the rewritten files go for the run (removed after each codec).
+    #[arg(long, default_value = "codecs-out")]
+    out_dir: PathBuf,
+    /// Timed decodes per codec and column set; the best is shown.
+    #[arg(long, default_value_t = 4)]
+    runs: usize,
 }
 
 /// Scale of the TSBS iot workload: `trucks × duration / 10 s × 2` lines before irregularities.
@@ -299,6 +319,7 @@ fn main() -> Result<()> {
         Cmd::CompareQuery(args) => runtime()?.block_on(interruptible(compare_query(args))),
         Cmd::Compare(args) => runtime()?.block_on(interruptible(side_by_side(args))),
         Cmd::Flight(args) => runtime()?.block_on(interruptible(flight(args))),
+        Cmd::Codecs(args) => codecs::run(&args.files, &args.columns, &args.out_dir, args.runs),
     }
 }
 

@@ -2,10 +2,10 @@
 //! blocking thread (Parquet decoding is CPU work) and streamed back with bounded buffering.
 
 use std::fmt;
-use std::fs::File;
 use std::sync::Arc;
 
 use annals_engine::catalog::TableSchema;
+use annals_engine::engine::Engine;
 use annals_engine::view::{BlockFile, MemBlock};
 use annals_format::block::{tx_id, BranchId};
 use annals_format::hash::{leaf_hash, to_hex};
@@ -26,8 +26,6 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
 
 /// Batches a partition may have decoded ahead of its consumer.
 const READ_AHEAD: usize = 2;
@@ -87,6 +85,9 @@ pub struct ScanStats {
 #[derive(Debug)]
 struct Shared {
     table: Arc<TableSchema>,
+    /// Set when the scan reads everything acknowledged (no `as_of_epoch`), so that the
+    /// engine's last-value cache describes the same rows (see [`crate::from_cache`]).
+    live: Option<Arc<Engine>>,
     schema: SchemaRef,
     cols: Vec<OutCol>,
     batch_size: usize,
@@ -145,6 +146,7 @@ impl LedgerScanExec {
         Self {
             shared: Arc::new(Shared {
                 table,
+                live: None,
                 schema,
                 cols,
                 batch_size: batch_size.max(1),
@@ -159,6 +161,32 @@ impl LedgerScanExec {
 
     pub fn stats(&self) -> ScanStats {
         self.stats
+    }
+
+    /// Reads everything acknowledged: the engine, when no `as_of_epoch` is set.
+    pub fn with_live(mut self, engine: Arc<Engine>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("the scan's shared state is not handed out before execution")
+            .live = Some(engine);
+        self
+    }
+
+    /// The engine, when this scan reads everything acknowledged.
+    pub fn live(&self) -> Option<&Arc<Engine>> {
+        self.shared.live.as_ref()
+    }
+
+    pub fn table(&self) -> &Arc<TableSchema> {
+        &self.shared.table
+    }
+
+    /// The output columns.
+    pub fn columns(&self) -> &[OutCol] {
+        &self.shared.cols
+    }
+
+    pub fn limit(&self) -> Option<usize> {
+        self.shared.limit
     }
 }
 
@@ -338,31 +366,17 @@ fn read_unit(
                 }
                 return true;
             }
-            let reader = (|| -> std::result::Result<_, String> {
-                let f = File::open(&file.path).map_err(|e| e.to_string())?;
-                let meta = ArrowReaderMetadata::try_new(file.parquet.clone(), Default::default())
-                    .map_err(|e| e.to_string())?;
-                let schema = meta.schema().clone();
-                let roots: Vec<usize> = if need_all {
-                    (0..schema.fields().len()).collect()
-                } else {
-                    data_cols
-                        .iter()
-                        .filter_map(|n| schema.index_of(n).ok())
-                        .collect()
-                };
-                let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-                ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta)
-                    .with_row_groups(vec![b.row_group])
-                    .with_projection(mask)
-                    .with_batch_size(shared.batch_size)
-                    .build()
-                    .map_err(|e| e.to_string())
-            })();
+            let reader = file.page_reader().and_then(|pages| {
+                pages.row_group_reader(
+                    b.row_group,
+                    (!need_all).then_some(&data_cols[..]),
+                    shared.batch_size,
+                )
+            });
             let reader = match reader {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(read_error(file, b.header.height, e)));
+                    let _ = tx.blocking_send(Err(read_error(file, b.header.height, e.to_string())));
                     return false;
                 }
             };

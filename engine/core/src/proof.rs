@@ -751,12 +751,8 @@ fn find_block<'a>(snap: &'a Snapshot, branch: &BranchId, height: u64) -> Option<
 
 /// The file's [`PageReader`], opened (mapped) by the first read of the file's rows.
 fn pages(file: &BlockFile) -> Result<&PageReader, ProofError> {
-    if let Some(p) = file.pages.get() {
-        return Ok(p);
-    }
-    let p = PageReader::open(&file.path)
-        .map_err(|e| ProofError::Io(format!("{}: {e}", file.path.display())))?;
-    Ok(file.pages.get_or_init(|| p))
+    file.page_reader()
+        .map_err(|e| ProofError::Io(format!("{}: {e}", file.path.display())))
 }
 
 fn read_file_block(file: &BlockFile, block: usize) -> Result<Vec<RecordBatch>, ProofError> {

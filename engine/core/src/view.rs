@@ -103,9 +103,24 @@ pub struct BlockFile {
     pub bytes: u64,
     /// The Parquet footer, parsed once.
     pub parquet: Arc<ParquetMetaData>,
-    /// The file mapped, with its footer and page index: opened by the first proof of a row
-    /// of this file.
+    /// The file mapped, with its footer and page index: opened by the first read of its rows
+    /// (a scan or a proof), see [`BlockFile::page_reader`].
     pub pages: OnceLock<annals_storage::block_file::PageReader>,
+}
+
+impl BlockFile {
+    /// The file's [`PageReader`](annals_storage::block_file::PageReader), opened (mapped) by
+    /// the first read of the file's rows and kept with the file.
+    pub fn page_reader(
+        &self,
+    ) -> Result<&annals_storage::block_file::PageReader, annals_storage::block_file::BlockFileError>
+    {
+        if let Some(p) = self.pages.get() {
+            return Ok(p);
+        }
+        let p = annals_storage::block_file::PageReader::open(&self.path)?;
+        Ok(self.pages.get_or_init(|| p))
+    }
 }
 
 /// One shard's readable state.
