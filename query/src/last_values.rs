@@ -116,10 +116,13 @@ impl TableProvider for LastValuesTable {
             seed(&self.engine, &self.table, state).await?;
         }
         let schema = self.table.arrow.clone();
-        let mut batch = lv.rows(&self.table.name, &schema);
-        if !self.keys.is_empty() {
-            batch = newest_per_key(&batch, &self.keys, lv.count())?;
-        }
+        let batch = lv.read(&self.table.name, &schema, &self.keys, |rows| {
+            if self.keys.is_empty() {
+                Ok(rows)
+            } else {
+                newest_per_key(&rows, &self.keys, lv.count())
+            }
+        })?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             schema,

@@ -16,11 +16,17 @@
 //! - `last_values('m')` answers "latest row per series" from a cache kept at ingest, and
 //!   `row_number() OVER (PARTITION BY .. ORDER BY time DESC) = 1` keeps the newest row per
 //!   key in one pass instead of sorting the table (see [`topn`] and [`newest`]).
+//! - That query filtered by tags only reads the last-value cache instead of the table (see
+//!   [`from_cache`]).
+//! - Grouping by tags compares keys column by column instead of in row format (see
+//!   [`groupkeys`]).
 //!
 //! Layering: this crate reads the engine's snapshot API and the storage crate's block files; it
 //! never writes.
 
 pub mod error;
+pub mod from_cache;
+pub mod groupkeys;
 pub mod last_values;
 pub mod newest;
 pub mod options;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::compute::{
     cast, interleave_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
 };
@@ -158,6 +158,22 @@ impl NewestPerKeyExec {
     }
 }
 
+impl NewestPerKeyExec {
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// The key columns (indices into the input's schema).
+    pub fn keys(&self) -> &[usize] {
+        &self.keys
+    }
+
+    /// Whether the greatest value wins (the newest row, for `ORDER BY time DESC`).
+    pub fn descending(&self) -> bool {
+        self.descending
+    }
+}
+
 impl DisplayAs for NewestPerKeyExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let schema = self.input.schema();
@@ -288,6 +304,9 @@ struct Newest {
     converter: RowConverter,
     /// Key (row format) → index into `best`.
     groups: HashMap<Box<[u8]>, usize>,
+    /// The same for a single dictionary-of-strings key, by value, and its null.
+    dict_groups: HashMap<Box<str>, usize>,
+    null_group: Option<usize>,
     /// Per key: ordering value, batch and row of the winner.
     best: Vec<(i64, usize, usize)>,
     /// Batches holding winners (`None` once they hold none), with how many each holds.
@@ -308,6 +327,8 @@ impl Newest {
             descending,
             converter: RowConverter::new(fields)?,
             groups: HashMap::new(),
+            dict_groups: HashMap::new(),
+            null_group: None,
             best: Vec::new(),
             batches: Vec::new(),
             holds: Vec::new(),
@@ -319,38 +340,27 @@ impl Newest {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let key_cols: Vec<_> = self
-            .keys
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let rows = self.converter.convert_columns(&key_cols)?;
+        let ids = self.group_ids(batch)?;
         let values = cast(batch.column(self.order), &DataType::Int64)?;
         let values = values.as_primitive::<Int64Type>().values();
         let id = self.batches.len();
         let mut held = 0usize;
-        for (r, &v) in values.iter().enumerate() {
-            let key = rows.row(r);
-            let key = key.as_ref();
-            match self.groups.get(key) {
-                None => {
-                    self.groups.insert(key.into(), self.best.len());
-                    self.best.push((v, id, r));
-                    held += 1;
+        for (r, (&v, &g)) in values.iter().zip(&ids).enumerate() {
+            if g == self.best.len() {
+                self.best.push((v, id, r));
+                held += 1;
+                continue;
+            }
+            let (cur, b, _) = self.best[g];
+            let wins = if self.descending { v > cur } else { v < cur };
+            if wins {
+                if b == id {
+                    held -= 1;
+                } else {
+                    self.release(b);
                 }
-                Some(&g) => {
-                    let (cur, b, _) = self.best[g];
-                    let wins = if self.descending { v > cur } else { v < cur };
-                    if wins {
-                        if b == id {
-                            held -= 1;
-                        } else {
-                            self.release(b);
-                        }
-                        self.best[g] = (v, id, r);
-                        held += 1;
-                    }
-                }
+                self.best[g] = (v, id, r);
+                held += 1;
             }
         }
         self.batches.push((held > 0).then(|| batch.clone()));
@@ -362,6 +372,67 @@ impl Newest {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// The key index of every row of `batch`. A key seen for the first time gets the next
+    /// index, `best.len()` at the time; the caller pushes its entry in that order.
+    fn group_ids(&mut self, batch: &RecordBatch) -> Result<Vec<usize>> {
+        let n = batch.num_rows();
+        let mut ids = Vec::with_capacity(n);
+        let mut next = self.best.len();
+        if let [k] = self.keys[..] {
+            let col = batch.column(k);
+            if let Some(dict) = col.as_any_dictionary_opt() {
+                if let Some(strings) = dict.values().as_string_opt::<i32>() {
+                    // One key per dictionary value: look each value up once per batch, not
+                    // once per row.
+                    let nulls = col.logical_nulls();
+                    let mut slot = vec![usize::MAX; strings.len()];
+                    for (r, &key) in dict.normalized_keys().iter().enumerate() {
+                        let g = if nulls.as_ref().is_some_and(|b| b.is_null(r)) {
+                            *self.null_group.get_or_insert_with(|| {
+                                next += 1;
+                                next - 1
+                            })
+                        } else {
+                            if slot[key] == usize::MAX {
+                                let value = strings.value(key);
+                                slot[key] = match self.dict_groups.get(value) {
+                                    Some(&g) => g,
+                                    None => {
+                                        self.dict_groups.insert(value.into(), next);
+                                        next += 1;
+                                        next - 1
+                                    }
+                                };
+                            }
+                            slot[key]
+                        };
+                        ids.push(g);
+                    }
+                    return Ok(ids);
+                }
+            }
+        }
+        let key_cols: Vec<_> = self
+            .keys
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let rows = self.converter.convert_columns(&key_cols)?;
+        for r in 0..n {
+            let key = rows.row(r);
+            let g = match self.groups.get(key.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    self.groups.insert(key.as_ref().into(), next);
+                    next += 1;
+                    next - 1
+                }
+            };
+            ids.push(g);
+        }
+        Ok(ids)
     }
 
     /// One winner fewer in batch `b`; drops the batch when it holds none.
@@ -415,8 +486,11 @@ impl Newest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
-    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use arrow::array::{
+        DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+        TimestampNanosecondArray,
+    };
+    use arrow::datatypes::{Field, Int32Type, Schema, TimeUnit};
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
@@ -446,6 +520,11 @@ mod tests {
             Field::new("fleet", DataType::Utf8, true),
             Field::new("v", DataType::Float64, true),
             Field::new("t64", DataType::Int64, false),
+            Field::new(
+                "tag",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
         ]));
         // Unique times (a permutation), so the newest row of each key is one row; 37 names
         // (one in 41 rows NULL), 3 fleets, values with NULLs.
@@ -457,6 +536,13 @@ mod tests {
         let values: Vec<Option<f64>> = (0..rows)
             .map(|i| (i % 5 != 0).then_some(i as f64 / 4.0))
             .collect();
+        // The names again as a dictionary in which every string appears twice (under two
+        // keys), so that keys must be told apart by value.
+        let tag_values = StringArray::from_iter_values((0..74).map(|k| format!("s{}", k % 37)));
+        let tag_keys: Int32Array = (0..rows)
+            .map(|i| (i % 41 != 0).then_some((i % 37 + 37 * (i % 2)) as i32))
+            .collect();
+        let tags = DictionaryArray::<Int32Type>::try_new(tag_keys, Arc::new(tag_values)).unwrap();
         let all = RecordBatch::try_new(
             schema.clone(),
             vec![
@@ -465,6 +551,7 @@ mod tests {
                 Arc::new(StringArray::from(fleets)),
                 Arc::new(Float64Array::from(values)),
                 Arc::new(Int64Array::from(times)),
+                Arc::new(tags),
             ],
         )
         .unwrap();
@@ -486,6 +573,7 @@ mod tests {
             "SELECT name, time, v FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM t) WHERE rn = 1 ORDER BY name",
             "SELECT name, time FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY time ASC) AS rn FROM t WHERE fleet = 'b') WHERE rn <= 1 ORDER BY name",
             "SELECT name, t64, v FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY t64 DESC) AS rn FROM t) WHERE 1 = rn ORDER BY name",
+            "SELECT tag, time, v FROM (SELECT *, row_number() OVER (PARTITION BY tag ORDER BY time DESC) AS rn FROM t) WHERE rn = 1 ORDER BY tag",
         ];
         // Small batches, so that compaction (more than KEPT_BATCHES_MAX batches) happens too.
         for (rows, batch) in [(300, 150), (20_000, 64)] {

@@ -9,6 +9,12 @@ extensions_options! {
         /// Run every query as of this checkpoint epoch: rows committed after it are invisible.
         /// Unset (the default): everything acknowledged, including rows not yet sealed.
         pub as_of_epoch: Option<u64>, default = None
+        /// Group by tag columns through string views instead of row-format keys (see
+        /// `annals_query::groupkeys`); the answers are the same either way.
+        pub view_group_keys: bool, default = true
+        /// Answer "newest row per tag" (`row_number() ... = 1` filtered by tags only) from the
+        /// last-value cache instead of a scan (see `annals_query::from_cache`); same answers.
+        pub newest_from_last_values: bool, default = true
     }
 }
 

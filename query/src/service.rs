@@ -139,6 +139,7 @@ impl QueryService {
             .with_runtime_env(self.runtime.clone())
             .with_default_features()
             .with_physical_optimizer_rules(rules)
+            .with_optimizer_rule(Arc::new(crate::groupkeys::DictionaryGroupKeys))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(

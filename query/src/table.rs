@@ -229,7 +229,7 @@ impl TableProvider for LedgerTable {
             blocks_pruned: total - units.len(),
         };
         let partitions = state.config().target_partitions().max(1);
-        Ok(Arc::new(LedgerScanExec::new(
+        let scan = LedgerScanExec::new(
             self.table.clone(),
             out_schema,
             cols,
@@ -238,7 +238,11 @@ impl TableProvider for LedgerTable {
             state.config().batch_size(),
             limit,
             stats,
-        )))
+        );
+        Ok(Arc::new(match vis {
+            Visibility::Latest => scan.with_live(self.engine.clone()),
+            Visibility::AsOf(_) => scan,
+        }))
     }
 }
 

@@ -30,14 +30,16 @@ use datafusion::physical_plan::ExecutionPlan;
 pub const WINDOW_TOPN: &str = "WindowTopN";
 
 /// Puts [`RankFilterForTopN`] just before DataFusion's `WindowTopN` and, when `newest`,
-/// [`crate::newest::NewestPerKey`] just after it. Without `WindowTopN` in `rules` neither
-/// has anything to work on, and nothing is added.
+/// [`crate::newest::NewestPerKey`] and [`crate::from_cache::NewestFromLastValues`] just after
+/// it. Without `WindowTopN` in `rules` none of them has anything to work on, and nothing is
+/// added.
 pub fn add_rules(rules: &mut Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>, newest: bool) {
     let Some(at) = rules.iter().position(|r| r.name() == WINDOW_TOPN) else {
         return;
     };
     if newest {
         rules.insert(at + 1, Arc::new(crate::newest::NewestPerKey));
+        rules.insert(at + 2, Arc::new(crate::from_cache::NewestFromLastValues));
     }
     rules.insert(at, Arc::new(RankFilterForTopN));
 }

@@ -9,6 +9,12 @@
 //!
 //! After a restart the cache starts cold; the first reader seeds it from the stored rows
 //! ([`LastValues::seed`]) and marks the table warm.
+//!
+//! Reads materialize the cached rows into one batch (and, for `last_values('m', 'tag')`, the
+//! caller derives the newest rows per key from it). That result is kept until the cache
+//! changes, so dashboards polling a quiet table pay for it once: every change bumps one
+//! counter, under the shard's lock and before the entries change, and a kept result is used
+//! only while the counter still has the value it had before that result was read.
 
 use arrow::array::{new_null_array, ArrayRef};
 use arrow::compute::interleave_record_batch;
@@ -16,11 +22,14 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Rows kept per series by default.
 pub const DEFAULT_COUNT: usize = 1;
 /// Rows ingested into a table before its cache is compacted, at least.
 const COMPACT_ROWS_MIN: usize = 16_384;
+/// Materialized reads kept (per table and key columns); all are dropped when it is reached.
+const KEPT_READS_MAX: usize = 64;
 
 /// One cached row.
 #[derive(Debug, Clone)]
@@ -136,6 +145,18 @@ pub struct LastValues {
     shards: Vec<Mutex<HashMap<String, TableCache>>>,
     /// Tables that had rows before this start and have not been seeded yet.
     cold: Mutex<std::collections::HashSet<String>>,
+    /// Bumped by every change of any table's entries (see the module docs).
+    changes: AtomicU64,
+    /// (table, key columns) → the `changes` value read before the result was made, the
+    /// schema it was widened to, and the result.
+    kept: Mutex<HashMap<(String, Vec<String>), KeptRead>>,
+}
+
+#[derive(Debug)]
+struct KeptRead {
+    changes: u64,
+    schema: SchemaRef,
+    batch: RecordBatch,
 }
 
 /// A chunk's newest row per series: (series hash, time, row).
@@ -148,6 +169,8 @@ impl LastValues {
             count: count.max(1),
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
             cold: Mutex::new(existing.into_iter().collect()),
+            changes: AtomicU64::new(0),
+            kept: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,6 +191,7 @@ impl LastValues {
             return;
         }
         let mut caches = self.shards[shard].lock();
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let c = caches.entry(table.to_string()).or_default();
         let id = c.add_batch(batch.clone());
         for &(s, time, row) in newest {
@@ -205,6 +229,7 @@ impl LastValues {
         }
         for (shard, newest) in by_shard {
             let mut caches = self.shards[shard].lock();
+            self.changes.fetch_add(1, Ordering::SeqCst);
             let c = caches.entry(table.to_string()).or_default();
             let id = c.add_batch(batch.clone());
             for (s, time, row) in newest {
@@ -225,6 +250,39 @@ impl LastValues {
             c.compact(batch.schema_ref());
         }
         self.cold.lock().remove(table);
+    }
+
+    /// `derive(rows)` for the cached rows of `table` (see [`rows`](Self::rows)), computed
+    /// once per change of the cache: `keys` names the derivation (e.g. the key columns it
+    /// groups by; the same `keys` must always mean the same `derive`).
+    pub fn read<E>(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        keys: &[String],
+        derive: impl FnOnce(RecordBatch) -> Result<RecordBatch, E>,
+    ) -> Result<RecordBatch, E> {
+        let at = self.changes.load(Ordering::SeqCst);
+        let id = (table.to_string(), keys.to_vec());
+        if let Some(k) = self.kept.lock().get(&id) {
+            if k.changes == at && k.schema == *schema {
+                return Ok(k.batch.clone());
+            }
+        }
+        let batch = derive(self.rows(table, schema))?;
+        let mut kept = self.kept.lock();
+        if kept.len() >= KEPT_READS_MAX {
+            kept.clear();
+        }
+        kept.insert(
+            id,
+            KeptRead {
+                changes: at,
+                schema: schema.clone(),
+                batch: batch.clone(),
+            },
+        );
+        Ok(batch)
     }
 
     /// Every cached row of `table`, widened to `schema`, newest first per series.
@@ -251,5 +309,90 @@ impl LastValues {
         }
         arrow::compute::concat_batches(schema, &parts)
             .unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    fn batch(times: &[i64], values: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(times.to_vec())),
+                Arc::new(Int64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn values(b: &RecordBatch) -> Vec<i64> {
+        let mut v = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn reads_are_kept_until_the_cache_changes() {
+        let lv = LastValues::new(2, 1, Vec::<String>::new());
+        let s = schema();
+        let derived = Cell::new(0);
+        let read = |keys: &[String]| {
+            lv.read::<()>("t", &s, keys, |b| {
+                derived.set(derived.get() + 1);
+                Ok(b)
+            })
+            .unwrap()
+        };
+        // Series 7 in shard 0, series 8 in shard 1.
+        lv.update(0, "t", &s, &batch(&[1, 2], &[10, 20]), &vec![(7, 2, 1)]);
+        lv.update(1, "t", &s, &batch(&[5], &[50]), &vec![(8, 5, 0)]);
+        assert_eq!(values(&read(&[])), [20, 50]);
+        assert_eq!(values(&read(&[])), [20, 50]);
+        assert_eq!(derived.get(), 1, "the second read is the kept one");
+        // Another derivation is kept apart.
+        read(&["k".to_string()]);
+        assert_eq!(derived.get(), 2);
+        // A newer row of series 7: the next read sees it.
+        lv.update(0, "t", &s, &batch(&[3], &[30]), &vec![(7, 3, 0)]);
+        assert_eq!(values(&read(&[])), [30, 50]);
+        assert_eq!(derived.get(), 3);
+        // An older one changes nothing visible, but is still a change.
+        lv.update(0, "t", &s, &batch(&[0], &[1]), &vec![(7, 0, 0)]);
+        assert_eq!(values(&read(&[])), [30, 50]);
+        assert_eq!(derived.get(), 4);
+        // A wider schema (a column added to the table) is a different read.
+        let wide: SchemaRef = Arc::new(Schema::new(
+            s.fields()
+                .iter()
+                .cloned()
+                .chain([Arc::new(Field::new("w", DataType::Int64, true))])
+                .collect::<Vec<_>>(),
+        ));
+        let b = lv.read::<()>("t", &wide, &[], Ok).unwrap();
+        assert_eq!(b.num_columns(), 3);
+        assert_eq!(b.column(2).null_count(), 2);
     }
 }
