@@ -18,8 +18,8 @@
 //! It applies only when all of this holds, and the plan is left alone otherwise:
 //! - the scan reads everything acknowledged (no `annals.as_of_epoch`: the cache is live), has
 //!   no `LIMIT` and no ledger columns;
-//! - the newest row wins (`DESC`), every key is a tag, every filter between reads tags only
-//!   (projections may sit between them too);
+//! - the newest row by `time` wins (`ORDER BY time DESC`), every key is a tag, every filter
+//!   between reads tags only and is not volatile (projections may sit between them too);
 //! - the cache of the table is warm (seeded since the start, see `last_values()`).
 //!
 //! The cache is updated after rows are durable and before they are acknowledged, so the
@@ -36,6 +36,7 @@ use datafusion::common::Result;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
@@ -146,12 +147,21 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     if !newest.keys().iter().all(|&k| tag_at(resolve(&chain, k))) {
         return Ok(None);
     }
+    // The cache keeps the newest rows by `time`: the order must be that column itself.
+    let by_time = resolve(&chain, newest.order())
+        .and_then(|i| names.get(i))
+        .is_some_and(|n| *n == "time");
+    if !by_time {
+        return Ok(None);
+    }
     for (level, node) in chain.iter().enumerate() {
         if let Some(f) = node.downcast_ref::<FilterExec>() {
             let below = &chain[level + 1..];
-            if !collect_columns(f.predicate())
-                .iter()
-                .all(|c| tag_at(resolve(below, c.index())))
+            // A volatile predicate (`random() < 0.1`) is not a property of the series.
+            if is_volatile(f.predicate())
+                || !collect_columns(f.predicate())
+                    .iter()
+                    .all(|c| tag_at(resolve(below, c.index())))
             {
                 return Ok(None);
             }

@@ -172,6 +172,11 @@ impl NewestPerKeyExec {
     pub fn descending(&self) -> bool {
         self.descending
     }
+
+    /// The column ordered by (an index into the input's schema).
+    pub fn order(&self) -> usize {
+        self.order
+    }
 }
 
 impl DisplayAs for NewestPerKeyExec {
@@ -384,6 +389,16 @@ impl Newest {
             let col = batch.column(k);
             if let Some(dict) = col.as_any_dictionary_opt() {
                 if let Some(strings) = dict.values().as_string_opt::<i32>() {
+                    if strings.is_empty() {
+                        // A column of nulls (a tag none of these rows has) may come with no
+                        // values at all: every row is the null key.
+                        let g = *self.null_group.get_or_insert_with(|| {
+                            next += 1;
+                            next - 1
+                        });
+                        ids.resize(n, g);
+                        return Ok(ids);
+                    }
                     // One key per dictionary value: look each value up once per batch, not
                     // once per row.
                     let nulls = col.logical_nulls();
@@ -487,7 +502,7 @@ impl Newest {
 mod tests {
     use super::*;
     use arrow::array::{
-        DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+        ArrayRef, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
         TimestampNanosecondArray,
     };
     use arrow::datatypes::{Field, Int32Type, Schema, TimeUnit};
@@ -586,6 +601,46 @@ mod tests {
                 assert_eq!(rows_got, expected, "{sql}");
             }
         }
+    }
+
+    #[test]
+    fn a_dictionary_without_values_is_the_null_key() {
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("t", DataType::Int64, false),
+            Field::new("tag", dict.clone(), true),
+        ]));
+        let batch = |times: Vec<i64>, tags: ArrayRef| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(times)), tags],
+            )
+            .unwrap()
+        };
+        let tags: DictionaryArray<Int32Type> =
+            vec![Some("a"), None, Some("b")].into_iter().collect();
+        let mut n = Newest::new(&schema, &[1], 0, true).unwrap();
+        n.push(&batch(vec![1, 2, 3], Arc::new(tags))).unwrap();
+        // A block older than the tag column: all nulls, and no dictionary values.
+        n.push(&batch(vec![5, 4], arrow::array::new_null_array(&dict, 2)))
+            .unwrap();
+        let out = n.finish().unwrap().unwrap();
+        let times = out.column(0).as_primitive::<Int64Type>().values().to_vec();
+        let tags = out.column(1).as_any_dictionary();
+        let mut got: Vec<(Option<String>, i64)> = (0..out.num_rows())
+            .map(|r| {
+                let tag = out.column(1).is_valid(r).then(|| {
+                    let k = tags.normalized_keys()[r];
+                    tags.values().as_string::<i32>().value(k).to_string()
+                });
+                (tag, times[r])
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [(None, 5), (Some("a".into()), 1), (Some("b".into()), 3)]
+        );
     }
 
     #[tokio::test]

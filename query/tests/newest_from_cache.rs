@@ -101,8 +101,11 @@ const QUERIES: [&str; 4] = [
      WHERE rn = 1 AND fuel < 30 ORDER BY name",
 ];
 
-/// Not answerable from the cache: a field or time in the filter, the oldest row, a field key.
-const SCANNED: [&str; 4] = [
+/// Not answerable from the cache: a field or time in the filter, the oldest row, a field key,
+/// an order by something other than `time`, a volatile filter.
+const SCANNED: [&str; 6] = [
+    "SELECT name, v FROM (SELECT name, v, row_number() OVER (PARTITION BY name ORDER BY v DESC) AS rn FROM (SELECT name, 0 - CAST(time AS BIGINT) AS v FROM readings WHERE fleet = 'South')) WHERE rn = 1 ORDER BY name",
+    "SELECT name, time FROM (SELECT name, time, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM readings WHERE name IS NOT NULL AND random() < 0.5) WHERE rn = 1 ORDER BY name",
     "SELECT name, fuel FROM (SELECT name, fuel, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM readings WHERE fuel < 30) WHERE rn = 1 ORDER BY name",
     "SELECT name, fuel FROM (SELECT name, fuel, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM readings WHERE time < to_timestamp(1451606400 + 600)) WHERE rn = 1 ORDER BY name",
     "SELECT name, fuel FROM (SELECT name, fuel, row_number() OVER (PARTITION BY name ORDER BY time ASC) AS rn FROM readings) WHERE rn = 1 ORDER BY name",
