@@ -224,19 +224,16 @@ mod tests {
         }
     }
 
+    async fn optimized(ctx: &SessionContext, sql: &str) -> String {
+        let plan = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+        format!("{}", plan.display_indent())
+    }
+
     #[tokio::test]
     async fn plan_groups_by_views() {
         let ctx = ctx(true);
         let sql = "SELECT name, t / 10 AS b, count(*) FROM r GROUP BY name, t / 10";
-        let plan = format!(
-            "{}",
-            ctx.sql(sql)
-                .await
-                .unwrap()
-                .into_optimized_plan()
-                .unwrap()
-                .display_indent()
-        );
+        let plan = optimized(&ctx, sql).await;
         assert!(
             plan.contains("Aggregate: groupBy=[[CAST(r.name AS Utf8View) AS name, "),
             "{plan}"
@@ -246,30 +243,18 @@ mod tests {
             "{plan}"
         );
         // Tags alone keep their dictionaries.
-        let plan = format!(
-            "{}",
-            ctx.sql("SELECT name, fleet, count(*) FROM r GROUP BY name, fleet")
-                .await
-                .unwrap()
-                .into_optimized_plan()
-                .unwrap()
-                .display_indent()
-        );
+        let plan = optimized(
+            &ctx,
+            "SELECT name, fleet, count(*) FROM r GROUP BY name, fleet",
+        )
+        .await;
         assert!(
             plan.contains("Aggregate: groupBy=[[r.name, r.fleet]]"),
             "{plan}"
         );
         // And off by the session setting.
         ctx.sql("SET annals.view_group_keys = false").await.unwrap();
-        let plan = format!(
-            "{}",
-            ctx.sql(sql)
-                .await
-                .unwrap()
-                .into_optimized_plan()
-                .unwrap()
-                .display_indent()
-        );
+        let plan = optimized(&ctx, sql).await;
         assert!(plan.contains("Aggregate: groupBy=[[r.name, "), "{plan}");
     }
 }

@@ -2,44 +2,10 @@
 //! the scan, on rows in block files and in memory, with several series per key, tags that
 //! are missing, rows that arrive out of order, and across a restart (cold cache).
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use annals_engine::{Engine, EngineConfig, PrepareOptions, SystemClock};
-use annals_query::{QueryConfig, QueryRequest, QueryService};
-use arrow::util::pretty::pretty_format_batches;
-
-fn engine(dir: &std::path::Path) -> Arc<Engine> {
-    let mut c = EngineConfig::new(dir);
-    c.shards = 2;
-    c.block_rows = 16;
-    c.block_age = Duration::from_secs(3600);
-    c.file_age = Duration::from_secs(3600);
-    c.checkpoint_interval = Duration::from_secs(3600);
-    c.file_rows = 64;
-    Arc::new(Engine::open(c, Arc::new(SystemClock)).unwrap())
-}
-
-async fn write(e: &Engine, body: &str) {
-    let p = e
-        .prepare("db", body.as_bytes(), &PrepareOptions::default())
-        .unwrap();
-    e.submit(p).unwrap().wait().await.unwrap();
-}
-
-async fn q(s: &QueryService, sql: &str) -> String {
-    let out = s
-        .sql(&QueryRequest {
-            db: "db".into(),
-            sql: sql.into(),
-            as_of_epoch: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    pretty_format_batches(&out.collect().await.unwrap())
-        .unwrap()
-        .to_string()
-}
+use annals_query::{QueryConfig, QueryService};
+use common::{q, write};
 
 /// 12 trucks in 3 fleets, two drivers each over time (so a truck has two series), 40 steps in
 /// shuffled order; every 7th row has no driver, every 11th no fleet; fuel falls over time.
@@ -138,7 +104,7 @@ async fn check(s: &QueryService, from_cache: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newest_per_tag_from_the_cache_equals_the_scan() {
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path());
+    let e = common::engine(dir.path(), 16, 64);
     let s = QueryService::new(e.clone(), QueryConfig::default()).unwrap();
     write(&e, &body()).await;
     check(&s, true).await;
@@ -170,7 +136,7 @@ async fn newest_per_tag_from_the_cache_equals_the_scan() {
     e.shutdown();
     drop(s);
     drop(e);
-    let e = engine(dir.path());
+    let e = common::engine(dir.path(), 16, 64);
     let s = QueryService::new(e.clone(), QueryConfig::default()).unwrap();
     let cold = q(&s, &format!("EXPLAIN {}", QUERIES[0])).await;
     assert!(cold.contains("LedgerScanExec"), "{cold}");

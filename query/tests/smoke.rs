@@ -1,48 +1,14 @@
 //! End-to-end SQL over an in-process engine: memtable and sealed blocks, pruning, time travel.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use annals_engine::{Engine, EngineConfig, PrepareOptions, SystemClock};
-use annals_query::{QueryConfig, QueryRequest, QueryService};
-use arrow::util::pretty::pretty_format_batches;
-
-fn engine(dir: &std::path::Path) -> Arc<Engine> {
-    let mut c = EngineConfig::new(dir);
-    c.shards = 2;
-    c.block_rows = 4;
-    c.block_age = Duration::from_secs(3600);
-    c.file_age = Duration::from_secs(3600);
-    c.checkpoint_interval = Duration::from_secs(3600);
-    c.file_rows = 8;
-    Arc::new(Engine::open(c, Arc::new(SystemClock)).unwrap())
-}
-
-async fn write(e: &Engine, body: &str) {
-    let p = e
-        .prepare("db", body.as_bytes(), &PrepareOptions::default())
-        .unwrap();
-    e.submit(p).unwrap().wait().await.unwrap();
-}
-
-async fn q(s: &QueryService, sql: &str) -> String {
-    let out = s
-        .sql(&QueryRequest {
-            db: "db".into(),
-            sql: sql.into(),
-            as_of_epoch: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    pretty_format_batches(&out.collect().await.unwrap())
-        .unwrap()
-        .to_string()
-}
+use annals_query::{QueryConfig, QueryService};
+use common::{q, write};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_are_visible_from_memory_and_files() {
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path());
+    let e = common::engine(dir.path(), 4, 8);
     let s = QueryService::new(e.clone(), QueryConfig::default()).unwrap();
     let mut body = String::new();
     for i in 0..30 {
