@@ -31,7 +31,6 @@ use std::sync::Arc;
 use annals_engine::catalog::TableSchema;
 use annals_format::row::Kind;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::Result;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_expr::expressions::Column;
@@ -64,13 +63,7 @@ impl PhysicalOptimizerRule for NewestFromLastValues {
         if !enabled {
             return Ok(plan);
         }
-        plan.transform_up(|node| {
-            Ok(match rewrite(&node)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        crate::newest::rewrite_up(plan, rewrite)
     }
 
     fn name(&self) -> &str {

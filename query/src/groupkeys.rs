@@ -65,14 +65,14 @@ impl OptimizerRule for DictionaryGroupKeys {
         let input_schema = agg.input.schema();
         // Plain column keys only: grouping sets keep their own plan, and other expressions of
         // dictionary type are rare enough not to be worth the projection.
-        let mut changed = false;
+        let mut rewritten = 0;
         let mut group_expr = Vec::with_capacity(agg.group_expr.len());
         for e in &agg.group_expr {
             match e {
                 Expr::Column(c)
                     if is_string_dictionary(input_schema.field_from_column(c)?.data_type()) =>
                 {
-                    changed = true;
+                    rewritten += 1;
                     group_expr.push(
                         Expr::Cast(Cast::new(Box::new(e.clone()), DataType::Utf8View))
                             .alias_qualified(c.relation.clone(), c.name.clone()),
@@ -86,12 +86,7 @@ impl OptimizerRule for DictionaryGroupKeys {
         // there are series at most, and there the dictionaries' hashes (computed once per
         // dictionary value) beat hashing every row's string (average_load at 10M rows: 277 ms
         // with row keys, 335 ms with views; stationary_trucks 272 ms and 233 ms).
-        let all_tags = agg.group_expr.iter().all(|e| {
-            matches!(e, Expr::Column(c) if input_schema
-                .field_from_column(c)
-                .is_ok_and(|f| is_string_dictionary(f.data_type())))
-        });
-        if !changed || all_tags {
+        if rewritten == 0 || rewritten == agg.group_expr.len() {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
         let inner = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;

@@ -55,13 +55,7 @@ impl PhysicalOptimizerRule for NewestPerKey {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match rewrite(&node)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        rewrite_up(plan, rewrite)
     }
 
     fn name(&self) -> &str {
@@ -71,6 +65,20 @@ impl PhysicalOptimizerRule for NewestPerKey {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// Applies `rewrite` to every node of `plan`, children first; `None` keeps the node.
+pub(crate) fn rewrite_up(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        Ok(match rewrite(&node)? {
+            Some(new) => Transformed::yes(new),
+            None => Transformed::no(node),
+        })
+    })
+    .data()
 }
 
 fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
@@ -392,11 +400,7 @@ impl Newest {
                     if strings.is_empty() {
                         // A column of nulls (a tag none of these rows has) may come with no
                         // values at all: every row is the null key.
-                        let g = *self.null_group.get_or_insert_with(|| {
-                            next += 1;
-                            next - 1
-                        });
-                        ids.resize(n, g);
+                        ids.resize(n, self.null_key(&mut next));
                         return Ok(ids);
                     }
                     // One key per dictionary value: look each value up once per batch, not
@@ -405,10 +409,7 @@ impl Newest {
                     let mut slot = vec![usize::MAX; strings.len()];
                     for (r, &key) in dict.normalized_keys().iter().enumerate() {
                         let g = if nulls.as_ref().is_some_and(|b| b.is_null(r)) {
-                            *self.null_group.get_or_insert_with(|| {
-                                next += 1;
-                                next - 1
-                            })
+                            self.null_key(&mut next)
                         } else {
                             if slot[key] == usize::MAX {
                                 let value = strings.value(key);
@@ -448,6 +449,14 @@ impl Newest {
             ids.push(g);
         }
         Ok(ids)
+    }
+
+    /// The index of the null key of the dictionary path, assigning `next` the first time.
+    fn null_key(&mut self, next: &mut usize) -> usize {
+        *self.null_group.get_or_insert_with(|| {
+            *next += 1;
+            *next - 1
+        })
     }
 
     /// One winner fewer in batch `b`; drops the batch when it holds none.

@@ -10,7 +10,7 @@ use arrow::util::pretty::pretty_format_batches;
 
 /// Two shards, blocks of `block_rows` rows, files of `file_rows`; nothing sealed or
 /// checkpointed by age.
-pub fn engine(dir: &std::path::Path, block_rows: usize, file_rows: u64) -> Arc<Engine> {
+pub(crate) fn engine(dir: &std::path::Path, block_rows: usize, file_rows: u64) -> Arc<Engine> {
     let mut c = EngineConfig::new(dir);
     c.shards = 2;
     c.block_rows = block_rows;
@@ -22,7 +22,7 @@ pub fn engine(dir: &std::path::Path, block_rows: usize, file_rows: u64) -> Arc<E
 }
 
 /// Writes line protocol into database `db` and waits until it is acknowledged.
-pub async fn write(e: &Engine, body: &str) {
+pub(crate) async fn write(e: &Engine, body: &str) {
     let p = e
         .prepare("db", body.as_bytes(), &PrepareOptions::default())
         .unwrap();
@@ -30,7 +30,7 @@ pub async fn write(e: &Engine, body: &str) {
 }
 
 /// Runs `sql` on database `db`; the answer as a pretty table.
-pub async fn q(s: &QueryService, sql: &str) -> String {
+pub(crate) async fn q(s: &QueryService, sql: &str) -> String {
     let out = s
         .sql(&QueryRequest {
             db: "db".into(),
