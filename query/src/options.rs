@@ -15,6 +15,10 @@ extensions_options! {
         /// Answer "newest row per tag" (`row_number() ... = 1` filtered by tags only) from the
         /// last-value cache instead of a scan (see `annals_query::from_cache`); same answers.
         pub newest_from_last_values: bool, default = true
+        /// Evaluate filters on data columns inside the scan: the filter's columns are decoded
+        /// first, the other columns only for the rows that pass (see `annals_query::scan`);
+        /// same answers.
+        pub scan_filters: bool, default = true
     }
 }
 

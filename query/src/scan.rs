@@ -1,21 +1,33 @@
 //! The scan of one measurement: blocks spread over partitions, each partition read on a
 //! blocking thread (Parquet decoding is CPU work) and streamed back with bounded buffering.
+//!
+//! A scan may carry a [`ScanFilter`] (the query's filters on data columns). A block file is then
+//! read in two passes: the filter's columns for every row, then the other columns only for the
+//! rows that passed, skipped in the encoded pages rather than decoded and thrown away. For a
+//! selective filter on a field (`fuel_state < 0.1`) most of the decoding is skipped. The
+//! filter stays in the plan above the scan too, so the scan's filtering is an optimization
+//! only: it is never applied when the ledger columns are read, as `_index` and `_tx_id` number
+//! every row of a block.
 
 use std::fmt;
 use std::sync::Arc;
 
 use annals_engine::catalog::TableSchema;
 use annals_engine::engine::Engine;
-use annals_engine::view::{BlockFile, MemBlock};
+use annals_engine::view::{BlockFile, FileBlock, MemBlock};
 use annals_format::block::{tx_id, BranchId};
 use annals_format::hash::{leaf_hash, to_hex};
 use annals_storage::block_file::row_encodings;
-use arrow::array::{new_null_array, ArrayRef, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::compute::{concat_batches, filter_record_batch, prep_null_mask_filter};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
@@ -26,6 +38,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
+use parquet::arrow::arrow_reader::RowSelection;
 
 /// Batches a partition may have decoded ahead of its consumer.
 const READ_AHEAD: usize = 2;
@@ -82,6 +95,52 @@ pub struct ScanStats {
     pub blocks_pruned: usize,
 }
 
+/// A filter the scan evaluates itself (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ScanFilter {
+    /// The predicate, over `schema`.
+    expr: Arc<dyn PhysicalExpr>,
+    /// The columns the predicate reads, in the table's order.
+    schema: SchemaRef,
+}
+
+impl ScanFilter {
+    /// `expr`, a predicate over the table's data columns `table`; `None` when it reads no
+    /// column (a constant is better left to DataFusion).
+    pub fn new(expr: Arc<dyn PhysicalExpr>, table: &Schema) -> Result<Option<Self>> {
+        let used = collect_columns(&expr);
+        if used.is_empty() {
+            return Ok(None);
+        }
+        let fields: Vec<Field> = table
+            .fields()
+            .iter()
+            .filter(|f| used.iter().any(|c| c.name() == f.name()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let expr = reassign_expr_columns(expr, &schema)?;
+        Ok(Some(Self { expr, schema }))
+    }
+
+    /// The rows of `batch` (in `self.schema`) the predicate keeps; null counts as false.
+    fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let v = self.expr.evaluate(batch)?.into_array(batch.num_rows())?;
+        let mask = v.as_boolean_opt().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "scan filter {} is not a predicate ({})",
+                self.expr,
+                v.data_type()
+            ))
+        })?;
+        Ok(if mask.null_count() > 0 {
+            prep_null_mask_filter(mask)
+        } else {
+            mask.clone()
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     table: Arc<TableSchema>,
@@ -92,6 +151,7 @@ struct Shared {
     cols: Vec<OutCol>,
     batch_size: usize,
     limit: Option<usize>,
+    filter: Option<ScanFilter>,
 }
 
 /// Reads blocks of one measurement.
@@ -151,6 +211,7 @@ impl LedgerScanExec {
                 cols,
                 batch_size: batch_size.max(1),
                 limit,
+                filter: None,
             }),
             partitions,
             stats,
@@ -168,6 +229,22 @@ impl LedgerScanExec {
         Arc::get_mut(&mut self.shared)
             .expect("the scan's shared state is not handed out before execution")
             .live = Some(engine);
+        self
+    }
+
+    /// Evaluates `filter` in the scan (see the module docs). Ignored when the scan reads
+    /// ledger columns.
+    pub fn with_filter(mut self, filter: ScanFilter) -> Self {
+        if self
+            .shared
+            .cols
+            .iter()
+            .all(|c| matches!(c, OutCol::Data(_)))
+        {
+            Arc::get_mut(&mut self.shared)
+                .expect("the scan's shared state is not handed out before execution")
+                .filter = Some(filter);
+        }
         self
     }
 
@@ -216,6 +293,9 @@ impl DisplayAs for LedgerScanExec {
         )?;
         if let Some(l) = self.shared.limit {
             write!(f, ", limit={l}")?;
+        }
+        if let Some(filter) = &self.shared.filter {
+            write!(f, ", filter={}", filter.expr)?;
         }
         Ok(())
     }
@@ -271,15 +351,24 @@ impl ExecutionPlan for LedgerScanExec {
         let shared = self.shared.clone();
         let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
         let blocks_read = MetricBuilder::new(&self.metrics).counter("blocks_read", partition);
+        let blocks_filtered =
+            MetricBuilder::new(&self.metrics).counter("blocks_filtered", partition);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(READ_AHEAD);
         tokio::task::spawn_blocking(move || {
             let mut left = shared.limit;
+            let mut selective = Selective::default();
             for u in units {
                 if left == Some(0) {
                     break;
                 }
                 blocks_read.add(1);
-                let sent = read_unit(&shared, &u, &mut left, &rows_read, &tx);
+                let filter = shared.filter.as_ref().filter(|_| selective.worth_it());
+                let mut passed = 0;
+                let sent = read_unit(&shared, &u, filter, &mut left, &rows_read, &tx, &mut passed);
+                if filter.is_some() {
+                    blocks_filtered.add(1);
+                    selective.record(u.rows(), passed);
+                }
                 if !sent {
                     break;
                 }
@@ -295,23 +384,58 @@ impl ExecutionPlan for LedgerScanExec {
     }
 }
 
-/// Reads one block and sends its batches; false when the consumer is gone or an error was sent.
+/// Blocks a partition reads without its filter, once the filter stopped paying, before it
+/// tries the filter again.
+const FILTER_PROBE_EVERY: usize = 8;
+
+/// Whether a partition's scan filter pays: the two passes cost more than one when most rows
+/// pass (`IS NOT NULL`, a time range that covers the block), so the filter is used while the
+/// last block read with it dropped at least half its rows, and tried again every
+/// [`FILTER_PROBE_EVERY`] blocks otherwise. Rows are the same either way.
+#[derive(Debug)]
+struct Selective {
+    last_dropped_half: bool,
+    since_probe: usize,
+}
+
+impl Default for Selective {
+    fn default() -> Self {
+        Self {
+            last_dropped_half: true,
+            since_probe: 0,
+        }
+    }
+}
+
+impl Selective {
+    fn worth_it(&mut self) -> bool {
+        if self.last_dropped_half {
+            return true;
+        }
+        self.since_probe += 1;
+        if self.since_probe >= FILTER_PROBE_EVERY {
+            self.since_probe = 0;
+            return true;
+        }
+        false
+    }
+
+    fn record(&mut self, rows: usize, passed: usize) {
+        self.last_dropped_half = passed * 2 <= rows;
+    }
+}
+
+/// Reads one block (through `filter` if given, counting the rows that pass in `passed`) and
+/// sends its batches; false when the consumer is gone or an error was sent.
 fn read_unit(
     shared: &Shared,
     unit: &Unit,
+    filter: Option<&ScanFilter>,
     left: &mut Option<usize>,
     rows_read: &Count,
     tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    passed: &mut usize,
 ) -> bool {
-    let need_all = shared.cols.contains(&OutCol::TxId);
-    let data_cols: Vec<&str> = shared
-        .cols
-        .iter()
-        .filter_map(|c| match c {
-            OutCol::Data(n) => Some(n.as_str()),
-            _ => None,
-        })
-        .collect();
     let mut emit = |batch: RecordBatch, first_index: usize| -> bool {
         let mut batch = batch;
         if let Some(l) = left {
@@ -323,83 +447,207 @@ fn read_unit(
             }
             *l -= batch.num_rows();
         }
-        rows_read.add(batch.num_rows());
         let out = output_batch(shared, unit, &batch, first_index);
         let failed = out.is_err();
         tx.blocking_send(out).is_ok() && !failed
     };
-    match unit {
-        Unit::Mem { chunks, .. } => {
-            let mut index = 0;
-            for c in chunks {
-                let n = c.num_rows();
-                let mut off = 0;
-                while off < n {
-                    let take = (n - off).min(shared.batch_size);
-                    if !emit(c.slice(off, take), index + off) {
-                        return false;
-                    }
-                    off += take;
-                }
-                index += n;
+    let mut emit = |batch: RecordBatch, first_index: usize| -> bool {
+        *passed += batch.num_rows();
+        emit(batch, first_index)
+    };
+    let read = match unit {
+        Unit::Mem { chunks, .. } => read_mem(shared, chunks, filter, rows_read, &mut emit),
+        Unit::File { file, block } => read_file(shared, file, *block, filter, rows_read, &mut emit),
+    };
+    read.unwrap_or_else(|e| {
+        let _ = tx.blocking_send(Err(e));
+        false
+    })
+}
+
+/// Where a block's batches go: `emit(batch, index of its first row in the block)`, false once
+/// nothing more is wanted.
+type Emit<'a> = dyn FnMut(RecordBatch, usize) -> bool + 'a;
+
+/// The data columns the scan outputs.
+fn data_columns(shared: &Shared) -> Vec<&str> {
+    shared
+        .cols
+        .iter()
+        .filter_map(|c| match c {
+            OutCol::Data(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_mem(
+    shared: &Shared,
+    chunks: &[RecordBatch],
+    filter: Option<&ScanFilter>,
+    rows_read: &Count,
+    emit: &mut Emit<'_>,
+) -> Result<bool> {
+    let mut index = 0;
+    for c in chunks {
+        let n = c.num_rows();
+        let mut off = 0;
+        while off < n {
+            let take = (n - off).min(shared.batch_size);
+            let mut part = c.slice(off, take);
+            rows_read.add(take);
+            if let Some(filter) = filter {
+                let mask = filter.evaluate(&conform(&part, &filter.schema)?)?;
+                part = filter_record_batch(&part, &mask)?;
             }
-            true
+            if !emit(part, index + off) {
+                return Ok(false);
+            }
+            off += take;
         }
-        Unit::File { file, block } => {
-            let b = &file.blocks[*block];
-            if data_cols.is_empty() && !need_all {
-                // Nothing to decode: the header knows the row count.
-                let n = b.header.row_count as usize;
-                let mut off = 0;
-                while off < n {
-                    let take = (n - off).min(shared.batch_size);
-                    let empty = RecordBatch::try_new_with_options(
-                        Arc::new(arrow::datatypes::Schema::empty()),
-                        vec![],
-                        &RecordBatchOptions::new().with_row_count(Some(take)),
-                    )
-                    .expect("an empty batch with a row count");
-                    if !emit(empty, off) {
-                        return false;
-                    }
-                    off += take;
-                }
-                return true;
+        index += n;
+    }
+    Ok(true)
+}
+
+fn read_file(
+    shared: &Shared,
+    file: &BlockFile,
+    block: usize,
+    filter: Option<&ScanFilter>,
+    rows_read: &Count,
+    emit: &mut Emit<'_>,
+) -> Result<bool> {
+    let b = &file.blocks[block];
+    let err = |e: &dyn fmt::Display| read_error(file, b.header.height, e.to_string());
+    if let Some(filter) = filter {
+        return read_filtered(shared, filter, b, &err, file, rows_read, emit);
+    }
+    let need_all = shared.cols.contains(&OutCol::TxId);
+    let data_cols = data_columns(shared);
+    if data_cols.is_empty() && !need_all {
+        // Nothing to decode: the header knows the row count.
+        let n = b.header.row_count as usize;
+        let mut off = 0;
+        while off < n {
+            let take = (n - off).min(shared.batch_size);
+            let empty = RecordBatch::try_new_with_options(
+                Arc::new(Schema::empty()),
+                vec![],
+                &RecordBatchOptions::new().with_row_count(Some(take)),
+            )
+            .expect("an empty batch with a row count");
+            rows_read.add(take);
+            if !emit(empty, off) {
+                return Ok(false);
             }
-            let reader = file.page_reader().and_then(|pages| {
-                pages.row_group_reader(
-                    b.row_group,
-                    (!need_all).then_some(&data_cols[..]),
-                    shared.batch_size,
-                )
-            });
-            let reader = match reader {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(read_error(file, b.header.height, e.to_string())));
-                    return false;
-                }
-            };
-            let mut index = 0;
-            for batch in reader {
-                match batch {
-                    Ok(batch) => {
-                        let n = batch.num_rows();
-                        if !emit(batch, index) {
-                            return false;
-                        }
-                        index += n;
-                    }
-                    Err(e) => {
-                        let _ =
-                            tx.blocking_send(Err(read_error(file, b.header.height, e.to_string())));
-                        return false;
-                    }
-                }
-            }
-            true
+            off += take;
+        }
+        return Ok(true);
+    }
+    let reader = file
+        .page_reader()
+        .and_then(|pages| {
+            pages.row_group_reader(
+                b.row_group,
+                (!need_all).then_some(&data_cols[..]),
+                None,
+                shared.batch_size,
+            )
+        })
+        .map_err(|e| err(&e))?;
+    let mut index = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| err(&e))?;
+        let n = batch.num_rows();
+        rows_read.add(n);
+        if !emit(batch, index) {
+            return Ok(false);
+        }
+        index += n;
+    }
+    Ok(true)
+}
+
+/// Reads the rows of a block file that pass `filter`: its columns for every row, then the
+/// other columns for the rows that passed only.
+fn read_filtered(
+    shared: &Shared,
+    filter: &ScanFilter,
+    b: &FileBlock,
+    err: &dyn Fn(&dyn fmt::Display) -> DataFusionError,
+    file: &BlockFile,
+    rows_read: &Count,
+    emit: &mut Emit<'_>,
+) -> Result<bool> {
+    let pages = file.page_reader().map_err(|e| err(&e))?;
+    let names: Vec<&str> = filter
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let mut masks = Vec::new();
+    let mut passed = Vec::new();
+    let reader = pages
+        .row_group_reader(b.row_group, Some(&names), None, shared.batch_size)
+        .map_err(|e| err(&e))?;
+    for batch in reader {
+        let batch = conform(&batch.map_err(|e| err(&e))?, &filter.schema)?;
+        rows_read.add(batch.num_rows());
+        let mask = filter.evaluate(&batch)?;
+        passed.push(filter_record_batch(&batch, &mask)?);
+        masks.push(mask);
+    }
+    let n: usize = passed.iter().map(|p| p.num_rows()).sum();
+    if n == 0 {
+        return Ok(true);
+    }
+    let passed = concat_batches(&filter.schema, &passed)?;
+    let rest: Vec<&str> = data_columns(shared)
+        .into_iter()
+        .filter(|c| filter.schema.index_of(c).is_err() && pages.schema().index_of(c).is_ok())
+        .collect();
+    let mut fields: Vec<Arc<Field>> = filter.schema.fields().iter().cloned().collect();
+    let mut columns: Vec<ArrayRef> = passed.columns().to_vec();
+    if !rest.is_empty() {
+        let reader = pages
+            .row_group_reader(
+                b.row_group,
+                Some(&rest),
+                Some(RowSelection::from_filters(&masks)),
+                n,
+            )
+            .map_err(|e| err(&e))?;
+        let parts = reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(&e))?;
+        let got: usize = parts.iter().map(|p| p.num_rows()).sum();
+        if got != n {
+            return Err(err(&format!(
+                "{got} rows of the other columns for the {n} that passed the filter"
+            )));
+        }
+        if let Some(first) = parts.first() {
+            let others = concat_batches(first.schema_ref(), &parts)?;
+            fields.extend(others.schema().fields().iter().cloned());
+            columns.extend(others.columns().iter().cloned());
         }
     }
+    let all = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(n)),
+    )?;
+    let mut off = 0;
+    while off < n {
+        let take = (n - off).min(shared.batch_size);
+        // The rows are no longer the block's consecutive rows: no ledger column is read with a
+        // scan filter (see `LedgerScanExec::with_filter`), so the index is never used.
+        if !emit(all.slice(off, take), 0) {
+            return Ok(false);
+        }
+        off += take;
+    }
+    Ok(true)
 }
 
 fn read_error(file: &BlockFile, height: u64, e: String) -> DataFusionError {
@@ -423,11 +671,7 @@ fn output_batch(
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(shared.cols.len());
     for (c, field) in shared.cols.iter().zip(shared.schema.fields()) {
         let a: ArrayRef = match c {
-            OutCol::Data(name) => match batch.column_by_name(name) {
-                Some(a) if a.data_type() == field.data_type() => a.clone(),
-                Some(a) => arrow::compute::cast(a, field.data_type())?,
-                None => new_null_array(field.data_type(), n),
-            },
+            OutCol::Data(name) => data_column(batch, name, field)?,
             OutCol::Branch => Arc::new(StringArray::from(vec![to_hex(&branch); n])),
             OutCol::Height => Arc::new(UInt64Array::from(vec![height; n])),
             OutCol::Index => Arc::new(UInt32Array::from_iter_values(
@@ -455,4 +699,55 @@ fn output_batch(
         cols,
         &RecordBatchOptions::new().with_row_count(Some(n)),
     )?)
+}
+
+/// Column `name` of a block's batch as `field` of the output: cast when the block has an
+/// older type, nulls when the block predates the column.
+fn data_column(batch: &RecordBatch, name: &str, field: &Field) -> Result<ArrayRef> {
+    Ok(match batch.column_by_name(name) {
+        Some(a) if a.data_type() == field.data_type() => a.clone(),
+        Some(a) => arrow::compute::cast(a, field.data_type())?,
+        None => new_null_array(field.data_type(), batch.num_rows()),
+    })
+}
+
+/// A block's batch in `schema` (see [`data_column`]).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| data_column(batch, f.name(), f))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_is_left_out_while_most_rows_pass_and_tried_again_later() {
+        let mut s = Selective::default();
+        // Used from the start, and while it drops at least half the rows.
+        assert!(s.worth_it());
+        s.record(100, 50);
+        assert!(s.worth_it());
+        s.record(100, 3);
+        assert!(s.worth_it());
+        // Most rows passed: the next blocks are read in one pass, then the filter is probed.
+        s.record(100, 51);
+        let used: Vec<bool> = (0..2 * FILTER_PROBE_EVERY).map(|_| s.worth_it()).collect();
+        let probes: Vec<usize> = (0..used.len()).filter(|&i| used[i]).collect();
+        assert_eq!(
+            probes,
+            vec![FILTER_PROBE_EVERY - 1, 2 * FILTER_PROBE_EVERY - 1]
+        );
+        // A probe that drops most rows brings the filter back for every block.
+        s.record(100, 10);
+        assert!((0..FILTER_PROBE_EVERY).all(|_| s.worth_it()));
+    }
 }

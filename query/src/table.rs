@@ -22,7 +22,7 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::options::AnnalsOptions;
-use crate::scan::{LedgerScanExec, OutCol, ScanStats, Unit};
+use crate::scan::{LedgerScanExec, OutCol, ScanFilter, ScanStats, Unit};
 use annals_storage::tag_filter::TagFilter;
 
 /// Ledger columns: present in `ledger('<table>')`, absent from the plain table.
@@ -184,6 +184,12 @@ impl TableProvider for LedgerTable {
             })
             .cloned()
             .collect();
+        let options = state.config().options().extensions.get::<AnnalsOptions>();
+        let scan_filter = if options.is_none_or(|o| o.scan_filters) {
+            conjunction(data_filters.iter().filter(|f| !f.is_volatile()).cloned())
+        } else {
+            None
+        };
         if let (Some(pred), false) = (conjunction(data_filters), units.is_empty()) {
             let df_schema = DFSchema::try_from(data_schema.as_ref().clone())?;
             let phys = state.create_physical_expr(pred, &df_schema)?;
@@ -239,6 +245,19 @@ impl TableProvider for LedgerTable {
             limit,
             stats,
         );
+        // Evaluated in the scan as well as above it (see `crate::scan`).
+        let mut scan = scan;
+        if let Some(pred) = scan_filter {
+            let df_schema = DFSchema::try_from(data_schema.as_ref().clone())?;
+            match state
+                .create_physical_expr(pred, &df_schema)
+                .and_then(|e| ScanFilter::new(e, &data_schema))
+            {
+                Ok(Some(f)) => scan = scan.with_filter(f),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "filters left to DataFusion"),
+            }
+        }
         Ok(Arc::new(match vis {
             Visibility::Latest => scan.with_live(self.engine.clone()),
             Visibility::AsOf(_) => scan,

@@ -539,6 +539,11 @@ impl PageReader {
         })
     }
 
+    /// The file's Arrow schema.
+    pub fn schema(&self) -> &SchemaRef {
+        self.meta.schema()
+    }
+
     /// The rows of row group `row_group`.
     pub fn row_count(&self, row_group: usize) -> Result<usize, BlockFileError> {
         self.meta
@@ -553,12 +558,14 @@ impl PageReader {
     }
 
     /// A reader of row group `row_group` in batches of up to `batch_size` rows: of the named
-    /// columns (names the file lacks are left out), or of all of them. Pages are decoded
-    /// straight from the mapping.
+    /// columns (names the file lacks are left out), or of all of them; of the rows `selection`
+    /// picks, or of all of them. Pages are decoded straight from the mapping; values a
+    /// selection skips are skipped in the encoded page, not decoded.
     pub fn row_group_reader(
         &self,
         row_group: usize,
         columns: Option<&[&str]>,
+        selection: Option<RowSelection>,
         batch_size: usize,
     ) -> Result<ParquetRecordBatchReader, BlockFileError> {
         self.row_count(row_group)?;
@@ -571,15 +578,20 @@ impl PageReader {
             None => (0..schema.fields().len()).collect(),
         };
         let mask = ProjectionMask::roots(self.meta.parquet_schema(), roots);
-        ParquetRecordBatchReaderBuilder::new_with_metadata(self.data.clone(), self.meta.clone())
-            .with_row_groups(vec![row_group])
-            .with_projection(mask)
-            .with_batch_size(batch_size.max(1))
-            .build()
-            .map_err(|source| BlockFileError::Parquet {
-                path: self.path.clone(),
-                source,
-            })
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            self.data.clone(),
+            self.meta.clone(),
+        )
+        .with_row_groups(vec![row_group])
+        .with_projection(mask)
+        .with_batch_size(batch_size.max(1));
+        if let Some(selection) = selection {
+            builder = builder.with_row_selection(selection);
+        }
+        builder.build().map_err(|source| BlockFileError::Parquet {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Rows `rows` of row group `row_group`, decoding only the data pages that hold them.
