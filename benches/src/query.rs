@@ -3,7 +3,8 @@
 //! The workload is loaded once into a data directory that outlives the run (`--dir`), in
 //! segments so that any scale fits in memory; annals is then stopped cleanly (every block
 //! sealed into Parquet block files) and restarted, so the queries read finished files the
-//! way a long-running node does. The same rows are exported through annals' own query API as
+//! way a long-running node does; the timed runs start once the restarted node has seeded its
+//! last-value cache in the background (`/health` lists no cold table). The same rows are exported through annals' own query API as
 //! one Parquet file per table, which DuckDB (from PyPI, driven by
 //! `query/tests/duckdb_tsbs.py --time`) reads. Each query runs once to warm up, then `--runs`
 //! times on each side; medians are compared. annals is timed from this client over HTTP
@@ -101,6 +102,7 @@ pub(crate) async fn run(opts: QueryOptions) -> Result<()> {
         .timeout(QUERY_TIMEOUT)
         .build()
         .context("cannot build the HTTP client")?;
+    wait_warm(&client, &server).await?;
 
     let queries = all_queries(&opts)?;
     let export_dir = opts.dir.join("export");
@@ -301,6 +303,33 @@ pub(crate) async fn post_query(
         bail!("{status}: {body}");
     }
     Ok(resp)
+}
+
+/// Waits until the restarted server has seeded its last-value cache in the background (its
+/// `/health` lists no cold table), so the timed runs measure the steady state, not the
+/// start; prints how long that took.
+async fn wait_warm(client: &reqwest::Client, server: &Server) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let health: serde_json::Value = client
+            .get(format!("{}/health", server.base_url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let cold = health["last_values_cold"].as_array().map_or(0, |a| a.len());
+        if cold == 0 {
+            eprintln!(
+                "annals: last-value cache warm {:.1} s after the start",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("annals: {cold} tables still have a cold last-value cache after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One warm-up, then `runs` timed runs, each from the request to the last byte of the answer.

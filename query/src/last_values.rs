@@ -132,7 +132,11 @@ impl TableProvider for LastValuesTable {
 }
 
 /// Reads the newest `count` rows per series from storage into the cache.
-async fn seed(engine: &Arc<Engine>, table: &Arc<TableSchema>, state: &dyn Session) -> Result<()> {
+pub(crate) async fn seed(
+    engine: &Arc<Engine>,
+    table: &Arc<TableSchema>,
+    state: &dyn Session,
+) -> Result<()> {
     let tags: Vec<String> = table
         .columns
         .iter()

@@ -1,6 +1,7 @@
 //! "Newest row per tag" from the last-value cache (query/src/from_cache.rs): the same answers as
 //! the scan, on rows in block files and in memory, with several series per key, tags that
-//! are missing, rows that arrive out of order, and across a restart (cold cache).
+//! are missing, rows that arrive out of order, and across a restart (cold cache, then seeded by
+//! a `last_values()` query or by `QueryService::warm_last_values`).
 
 mod common;
 
@@ -141,6 +142,22 @@ async fn newest_per_tag_from_the_cache_equals_the_scan() {
     let cold = q(&s, &format!("EXPLAIN {}", QUERIES[0])).await;
     assert!(cold.contains("LedgerScanExec"), "{cold}");
     q(&s, "SELECT count(*) FROM last_values('readings')").await;
+    check(&s, true).await;
+    assert_eq!(q(&s, QUERIES[0]).await, last);
+
+    // Or every table seeded at once, as `annals serve` does in the background after a start.
+    e.shutdown();
+    drop(s);
+    drop(e);
+    let e = common::engine(dir.path(), 16, 64);
+    let s = QueryService::new(e.clone(), QueryConfig::default()).unwrap();
+    assert_eq!(
+        e.last_values().cold_tables(),
+        vec!["db/readings".to_string()]
+    );
+    assert_eq!(s.warm_last_values().await.unwrap(), 1);
+    assert_eq!(s.warm_last_values().await.unwrap(), 0);
+    assert!(e.last_values().cold_tables().is_empty());
     check(&s, true).await;
     assert_eq!(q(&s, QUERIES[0]).await, last);
     e.shutdown();

@@ -183,6 +183,22 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The last-value cache starts cold for tables that already have rows; seed it in the
+    // background so "where is every device now" queries need no scan (`/health` lists the
+    // tables still cold).
+    let warm = query.clone();
+    rt.spawn(async move {
+        let started = std::time::Instant::now();
+        match warm.warm_last_values().await {
+            Ok(0) => {}
+            Ok(tables) => info!(
+                tables,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "last-value cache seeded"
+            ),
+            Err(e) => error!(error = %e, "last-value cache not seeded at start; the first last_values() query seeds it"),
+        }
+    });
     let http_cfg = HttpConfig {
         max_body_bytes: args.max_body_bytes,
         write_wait_max: args.write_wait,

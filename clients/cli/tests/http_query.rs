@@ -291,6 +291,58 @@ fn time_travel_by_checkpoint_epoch() {
 }
 
 #[test]
+fn the_last_value_cache_is_seeded_in_the_background_after_a_restart() {
+    let (_d, mut s) = start(&[]);
+    write(&s, "fleet", LINES);
+    s.restart().unwrap();
+    // Seeded without any query asking: /health lists the table until then.
+    let started = Instant::now();
+    loop {
+        let h: Value = agent()
+            .get(&s.url("/health"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let cold = h["last_values_cold"]
+            .as_array()
+            .expect("last_values_cold")
+            .clone();
+        if cold.is_empty() {
+            break;
+        }
+        assert_eq!(cold, vec![json!("fleet/readings")]);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still cold: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Newest row per tag now comes from the cache, not a scan, with the same answer.
+    let newest = "SELECT truck, velocity, time FROM (SELECT truck, velocity, time, \
+                  row_number() OVER (PARTITION BY truck ORDER BY time DESC) AS rn \
+                  FROM readings) WHERE rn = 1 ORDER BY truck";
+    let (code, _, plan) = get(
+        &s,
+        &[
+            ("db", "fleet"),
+            ("q", &format!("EXPLAIN {newest}")),
+            ("format", "csv"),
+        ],
+    );
+    assert_eq!(code, 200, "{}", text(&plan));
+    assert!(!text(&plan).contains("LedgerScanExec"), "{}", text(&plan));
+    let (_, _, rows) = get(&s, &[("db", "fleet"), ("q", newest), ("format", "csv")]);
+    assert_eq!(
+        text(&rows),
+        "truck,velocity,time\n\
+         t1,12.5,2023-11-14T22:13:20\n\
+         t2,3.0,2023-11-14T22:13:20.000000001\n\
+         t3,-1.25,2023-11-14T22:13:21.500\n"
+    );
+}
+
+#[test]
 fn errors_have_their_status_and_message() {
     let (_d, s) = start(&[]);
     write(&s, "fleet", LINES);

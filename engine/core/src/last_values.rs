@@ -214,6 +214,13 @@ impl LastValues {
         }
     }
 
+    /// The tables whose cache is not seeded yet (sorted).
+    pub fn cold_tables(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.cold.lock().iter().cloned().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Whether the cache of `table` holds everything (seeded since start).
     pub fn is_warm(&self, table: &str) -> bool {
         !self.cold.lock().contains(table)

@@ -185,6 +185,8 @@ async fn health(State(s): State<AppState>) -> Response {
         "failure": failure,
         "checkpoint_epoch": cp.as_ref().map(|c| c.header.epoch),
         "queue_depths": s.engine.queue_depths(),
+        // Tables whose last-value cache is still being seeded after a start (empty once warm).
+        "last_values_cold": s.engine.last_values().cold_tables(),
     });
     let code = if ok {
         StatusCode::OK
