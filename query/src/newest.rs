@@ -67,10 +67,13 @@ impl PhysicalOptimizerRule for NewestPerKey {
     }
 }
 
+/// A node's replacement, or `None` to keep it.
+pub(crate) type Rewrite = fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>;
+
 /// Applies `rewrite` to every node of `plan`, children first; `None` keeps the node.
 pub(crate) fn rewrite_up(
     plan: Arc<dyn ExecutionPlan>,
-    rewrite: fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>,
+    rewrite: Rewrite,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         Ok(match rewrite(&node)? {

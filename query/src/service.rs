@@ -164,19 +164,23 @@ impl QueryService {
     /// Seeds the last-value cache of every table that had rows before this start, so that
     /// `last_values()` and "newest row per tag" queries need no scan of their own. Meant to
     /// run in the background after a start: a query that comes first scans, or seeds the
-    /// cache itself. Returns how many tables were seeded.
-    pub async fn warm_last_values(&self) -> Result<usize, QueryError> {
+    /// cache itself. Returns how many tables were seeded and the tables that failed (they stay
+    /// cold; the others are still seeded).
+    pub async fn warm_last_values(&self) -> (usize, Vec<(String, QueryError)>) {
         let mut seeded = 0;
+        let mut failed = Vec::new();
         for table in self.engine.catalog().tables() {
             if self.engine.last_values().is_warm(&table.name) {
                 continue;
             }
             let (db, _) = crate::system::split(&table.name);
             let state = self.session(db).state();
-            crate::last_values::seed(&self.engine, &table, &state).await?;
-            seeded += 1;
+            match crate::last_values::seed(&self.engine, &table, &state).await {
+                Ok(()) => seeded += 1,
+                Err(e) => failed.push((table.name.clone(), e.into())),
+            }
         }
-        Ok(seeded)
+        (seeded, failed)
     }
 
     /// Runs `req.sql` (one or more `;`-separated statements) and streams the last statement's

@@ -189,14 +189,16 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     let warm = query.clone();
     rt.spawn(async move {
         let started = std::time::Instant::now();
-        match warm.warm_last_values().await {
-            Ok(0) => {}
-            Ok(tables) => info!(
+        let (tables, failed) = warm.warm_last_values().await;
+        if tables > 0 {
+            info!(
                 tables,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "last-value cache seeded"
-            ),
-            Err(e) => error!(error = %e, "last-value cache not seeded at start; the first last_values() query seeds it"),
+            );
+        }
+        for (table, e) in failed {
+            error!(%table, error = %e, "last-value cache not seeded at start; the first last_values() query on the table seeds it");
         }
     });
     let http_cfg = HttpConfig {

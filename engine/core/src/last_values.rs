@@ -85,6 +85,16 @@ impl TableCache {
         }
     }
 
+    /// The widest schema among the cached batches: a table's older schemas are prefixes of
+    /// its newer ones.
+    fn widest_schema(&self) -> SchemaRef {
+        self.batches
+            .values()
+            .map(|b| b.schema())
+            .max_by_key(|s| s.fields().len())
+            .expect("called after a batch was added")
+    }
+
     fn entries(&self) -> usize {
         self.series.values().map(|v| v.len()).sum()
     }
@@ -253,8 +263,10 @@ impl LastValues {
             }
             // The seed batch comes from a scan: its tag dictionaries hold the values of every
             // batch the scan read. Copy this shard's rows out once, so each read of the cache
-            // interleaves small batches with small dictionaries.
-            c.compact(batch.schema_ref());
+            // interleaves small batches with small dictionaries. Ingest may have added columns
+            // since the scan was planned: compact to the widest schema cached, not the seed's.
+            let schema = c.widest_schema();
+            c.compact(&schema);
         }
         self.cold.lock().remove(table);
     }
@@ -401,5 +413,38 @@ mod tests {
         let b = lv.read::<()>("t", &wide, &[], Ok).unwrap();
         assert_eq!(b.num_columns(), 3);
         assert_eq!(b.column(2).null_count(), 2);
+    }
+
+    #[test]
+    fn a_seed_planned_before_a_new_column_keeps_the_column_of_ingested_rows() {
+        let lv = LastValues::new(1, 1, ["t".to_string()]);
+        let narrow = schema();
+        let wide: SchemaRef = Arc::new(Schema::new(
+            narrow
+                .fields()
+                .iter()
+                .cloned()
+                .chain([Arc::new(Field::new("w", DataType::Int64, true))])
+                .collect::<Vec<_>>(),
+        ));
+        // Ingest adds column `w` (series 8) while a seed planned on the old schema runs.
+        let ingested = RecordBatch::try_new(
+            wide.clone(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(vec![9])),
+                Arc::new(Int64Array::from(vec![90])),
+                Arc::new(Int64Array::from(vec![99])),
+            ],
+        )
+        .unwrap();
+        lv.update(0, "t", &wide, &ingested, &vec![(8, 9, 0)]);
+        lv.seed("t", &batch(&[1], &[10]), &[(0, 7, 1)]);
+        assert!(lv.is_warm("t"));
+        let b = lv.rows("t", &wide);
+        assert_eq!(values(&b), [10, 90]);
+        let w = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+        let mut got: Vec<Option<i64>> = w.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, [None, Some(99)]);
     }
 }
