@@ -7,25 +7,32 @@
 //! single cost of the TSBS grouping queries (`perf`: `GroupValuesRows::intern` 15 %, `memcmp`
 //! 7 %, dictionary row encoding 2 %).
 //!
-//! [`DictionaryGroupKeys`] rewrites an aggregate that groups by tags and something else (a
-//! time bucket, typically), `Aggregate(group by: tag, .., bucket)`, into
+//! [`DictionaryGroupKeys`] rewrites an aggregate that groups by tag columns,
+//! `Aggregate(group by: tag, .., bucket)`, into
+//! `Projection(annals_tag_value(key) AS tag, .., bucket, ..) ← Aggregate(group by: annals_tag_key(tag, ..) AS key, bucket)`:
+//! all of its tag columns become one `UInt32` per distinct tuple of their values
+//! ([`crate::tagkey`]), computed on dictionary indexes, and the projection turns the (few)
+//! group keys back into the tags, so the plan's schema and every answer are unchanged.
+//! `SET annals.tag_group_keys = false` turns this off.
+//!
+//! Without it, the rule can instead group by string views beside another key:
 //! `Projection(CAST(tag AS Dictionary) AS tag, ..) ← Aggregate(group by: CAST(tag AS Utf8View) AS tag, .., bucket)`.
-//! The cast from a dictionary to `Utf8View` builds one 16-byte view per row that points into
-//! the dictionary's values (tags of up to 12 bytes are inline), and groups then compare
-//! column-wise. The projection above casts the (few) group values back, so the plan's schema
-//! and every answer are unchanged. `SET annals.view_group_keys = false` turns the rule off.
+//! The cast builds one 16-byte view per row that points into the dictionary's values (tags of
+//! up to 12 bytes are inline), and groups then compare column-wise.
+//! `SET annals.view_group_keys = false` turns that off too.
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, ExprSchema, Result};
+use datafusion::common::{Column, DataFusionError, ExprSchema, Result};
 use datafusion::logical_expr::expr::Cast;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use crate::options::AnnalsOptions;
+use crate::tagkey::TagKeys;
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -51,44 +58,53 @@ impl OptimizerRule for DictionaryGroupKeys {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let enabled = config
+        let (ids, views) = config
             .options()
             .extensions
             .get::<AnnalsOptions>()
-            .is_none_or(|o| o.view_group_keys);
+            .map_or((true, true), |o| (o.tag_group_keys, o.view_group_keys));
         let LogicalPlan::Aggregate(agg) = plan else {
             return Ok(Transformed::no(plan));
         };
-        if !enabled {
+        // Plain column keys only: grouping sets keep their own plan, and other expressions of
+        // dictionary type are rare enough not to be worth the projection.
+        if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
         let input_schema = agg.input.schema();
-        // Plain column keys only: grouping sets keep their own plan, and other expressions of
-        // dictionary type are rare enough not to be worth the projection.
-        let mut rewritten = 0;
-        let mut group_expr = Vec::with_capacity(agg.group_expr.len());
-        for e in &agg.group_expr {
-            match e {
-                Expr::Column(c)
-                    if is_string_dictionary(input_schema.field_from_column(c)?.data_type()) =>
-                {
-                    rewritten += 1;
-                    group_expr.push(
-                        Expr::Cast(Cast::new(Box::new(e.clone()), DataType::Utf8View))
-                            .alias_qualified(c.relation.clone(), c.name.clone()),
-                    );
+        let mut tags = Vec::new();
+        for (i, e) in agg.group_expr.iter().enumerate() {
+            if let Expr::Column(c) = e {
+                if is_string_dictionary(input_schema.field_from_column(c)?.data_type()) {
+                    tags.push(i);
                 }
-                Expr::GroupingSet(_) => return Ok(Transformed::no(LogicalPlan::Aggregate(agg))),
-                _ => group_expr.push(e.clone()),
             }
         }
-        // Only beside another key (a time bucket, a field): tags alone have as many groups as
-        // there are series at most, and there the dictionaries' hashes (computed once per
-        // dictionary value) beat hashing every row's string (average_load at 10M rows: 277 ms
-        // with row keys, 335 ms with views; stationary_trucks 272 ms and 233 ms).
-        if rewritten == 0 || rewritten == agg.group_expr.len() {
+        if tags.is_empty() {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
+        if ids {
+            return tag_ids(agg, &tags).map(Transformed::yes);
+        }
+        // Views only beside another key (a time bucket, a field): tags alone have as many
+        // groups as there are series at most, and there the dictionaries' hashes (computed once
+        // per dictionary value) beat hashing every row's string (average_load at 10M rows:
+        // 277 ms with row keys, 335 ms with views; stationary_trucks 272 ms and 233 ms).
+        if !views || tags.len() == agg.group_expr.len() {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
+        }
+        let group_expr = agg
+            .group_expr
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e {
+                Expr::Column(c) if tags.contains(&i) => {
+                    Expr::Cast(Cast::new(Box::new(e.clone()), DataType::Utf8View))
+                        .alias_qualified(c.relation.clone(), c.name.clone())
+                }
+                _ => e.clone(),
+            })
+            .collect();
         let inner = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;
         // Same fields, same order, same qualifiers: cast back where the type changed.
         let exprs = agg
@@ -112,6 +128,51 @@ impl OptimizerRule for DictionaryGroupKeys {
         )?;
         Ok(Transformed::yes(LogicalPlan::Projection(projection)))
     }
+}
+
+/// Name of the tag-tuple key in the rewritten aggregate.
+const TAG_KEY: &str = "__annals_tags";
+
+/// `Aggregate(group by: tags at positions tags, others)` into
+/// `Projection(annals_tag_value(key) AS tag, .., others, aggregates) ← Aggregate(group by: annals_tag_key(tags) AS key, others)`.
+fn tag_ids(agg: Aggregate, tags: &[usize]) -> Result<LogicalPlan> {
+    let keys = TagKeys::new(tags.len());
+    let key = keys
+        .key(tags.iter().map(|&i| agg.group_expr[i].clone()).collect())
+        .alias(TAG_KEY);
+    let others = agg
+        .group_expr
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !tags.contains(i))
+        .map(|(_, e)| e.clone());
+    let group_expr: Vec<Expr> = std::iter::once(key).chain(others).collect();
+    let inner = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;
+    // The inner fields after the key, in order: the other group keys, then the aggregates.
+    let inner_schema = inner.schema.clone();
+    let mut rest = inner_schema.iter().skip(1);
+    let exprs = agg
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| match tags.iter().position(|&t| t == i) {
+            Some(t) => Ok(keys
+                .value(Expr::Column(Column::from_name(TAG_KEY)), t, f.data_type().clone())
+                .alias_qualified(q.cloned(), f.name())),
+            None => {
+                let (iq, inf) = rest.next().ok_or_else(|| {
+                    DataFusionError::Internal("tag group keys: field count".into())
+                })?;
+                Ok(Expr::Column(Column::new(iq.cloned(), inf.name())))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let projection = Projection::try_new_with_schema(
+        exprs,
+        Arc::new(LogicalPlan::Aggregate(inner)),
+        agg.schema.clone(),
+    )?;
+    Ok(LogicalPlan::Projection(projection))
 }
 
 #[cfg(test)]
@@ -212,10 +273,23 @@ mod tests {
             "SELECT name, fleet, count(*) FROM r GROUP BY ROLLUP (name, fleet) ORDER BY 1, 2",
             "SELECT arrow_typeof(name) AS ty, t % 2 AS k, count(*) AS n FROM r GROUP BY name, t % 2 \
              ORDER BY n, ty, k",
+            "SELECT fleet, name, count(*) AS n FROM r GROUP BY fleet, name ORDER BY fleet, name",
+            "SELECT fleet, name, count(*) AS n FROM r GROUP BY fleet, name HAVING name = 'a' \
+             ORDER BY fleet",
+            "SELECT DISTINCT name, fleet FROM r WHERE v > 2 ORDER BY name, fleet",
+            "SELECT f, count(*) FROM (SELECT fleet AS f, name, t / 10 AS b, sum(v) AS s FROM r \
+             GROUP BY fleet, name, t / 10) GROUP BY f ORDER BY f",
         ];
-        let (with, without) = (ctx(true), ctx(false));
-        for q in queries {
-            assert_eq!(run(&with, q).await, run(&without, q).await, "{q}");
+        let without = ctx(false);
+        let views = ctx(true);
+        views
+            .sql("SET annals.tag_group_keys = false")
+            .await
+            .unwrap();
+        for with in [ctx(true), views] {
+            for q in queries {
+                assert_eq!(run(&with, q).await, run(&without, q).await, "{q}");
+            }
         }
     }
 
@@ -225,8 +299,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plan_groups_by_views() {
+    async fn plan_groups_by_one_key_per_tag_tuple_or_by_views() {
         let ctx = ctx(true);
+        let sql = "SELECT name, fleet, t / 10 AS b, count(*) FROM r GROUP BY name, fleet, t / 10";
+        let plan = optimized(&ctx, sql).await;
+        assert!(
+            plan.contains("Aggregate: groupBy=[[annals_tag_key(r.name, r.fleet) AS __annals_tags, "),
+            "{plan}"
+        );
+        assert!(
+            plan.starts_with("Projection: annals_tag_value(__annals_tags) AS name, annals_tag_value(__annals_tags) AS fleet"),
+            "{plan}"
+        );
+        // Tags alone too.
+        let plan = optimized(&ctx, "SELECT name, count(*) FROM r GROUP BY name").await;
+        assert!(plan.contains("groupBy=[[annals_tag_key(r.name) AS __annals_tags]]"), "{plan}");
+
+        ctx.sql("SET annals.tag_group_keys = false").await.unwrap();
         let sql = "SELECT name, t / 10 AS b, count(*) FROM r GROUP BY name, t / 10";
         let plan = optimized(&ctx, sql).await;
         assert!(
@@ -237,7 +326,7 @@ mod tests {
             plan.starts_with("Projection: CAST(r.name AS Dictionary(Int32, Utf8)) AS name"),
             "{plan}"
         );
-        // Tags alone keep their dictionaries.
+        // Views: tags alone keep their dictionaries.
         let plan = optimized(
             &ctx,
             "SELECT name, fleet, count(*) FROM r GROUP BY name, fleet",

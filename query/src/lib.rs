@@ -36,6 +36,7 @@ pub mod scan;
 pub mod service;
 pub mod subscribe;
 pub mod system;
+pub mod tagkey;
 pub mod table;
 pub mod topn;
 

@@ -9,7 +9,10 @@ extensions_options! {
         /// Run every query as of this checkpoint epoch: rows committed after it are invisible.
         /// Unset (the default): everything acknowledged, including rows not yet sealed.
         pub as_of_epoch: Option<u64>, default = None
-        /// Group by tag columns through string views instead of row-format keys (see
+        /// Group by several tag columns through one integer per tuple of tag values (see
+        /// `annals_query::tagkey`); the answers are the same either way.
+        pub tag_group_keys: bool, default = true
+        /// Without `tag_group_keys`: group by tag columns through string views instead of row-format keys (see
         /// `annals_query::groupkeys`); the answers are the same either way.
         pub view_group_keys: bool, default = true
         /// Answer "newest row per tag" (`row_number() ... = 1` filtered by tags only) from the
