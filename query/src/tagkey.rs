@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, UInt32Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, UInt32Type};
+use arrow::datatypes::{DataType, Int32Type, UInt32Type};
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
@@ -55,13 +55,47 @@ struct State {
 struct ValueIds {
     ids: HashMap<Box<str>, u32>,
     by_id: Vec<Option<Box<str>>>,
+    /// The dictionaries of recent batches, oldest first.
+    dictionaries: Vec<Dictionary>,
 }
+
+/// What one batch dictionary's slots stand for. Batches read from one column chunk share one
+/// dictionary array, so after its first batch, a batch's strings are not looked at again.
+#[derive(Debug)]
+struct Dictionary {
+    /// The dictionary's values, held so that they (and so their address, the identity
+    /// compared) stay what they are while cached.
+    values: ArrayRef,
+    /// Slot → value id, `u32::MAX` until met; the last slot is NULL.
+    value_ids: Vec<u32>,
+    /// Slot → tuple id of a one-column key, `u32::MAX` until met.
+    tuple_ids: Vec<u32>,
+}
+
+impl Dictionary {
+    fn new(values: ArrayRef, slots: usize) -> Self {
+        let mut value_ids = vec![u32::MAX; slots];
+        if let Some(null) = value_ids.last_mut() {
+            *null = 0;
+        }
+        Self {
+            values,
+            value_ids,
+            tuple_ids: vec![u32::MAX; slots],
+        }
+    }
+}
+
+/// Dictionaries remembered per tag column (a few partitions read at once, each from its own
+/// column chunk).
+const CACHED_DICTIONARIES: usize = 8;
 
 impl Default for ValueIds {
     fn default() -> Self {
         Self {
             ids: HashMap::new(),
             by_id: vec![None],
+            dictionaries: Vec::new(),
         }
     }
 }
@@ -77,6 +111,29 @@ impl ValueIds {
         self.ids.insert(v.into(), id);
         self.by_id.push(Some(v.into()));
         Ok(id)
+    }
+
+    /// The cached entry of `column`'s dictionary, taken out, or a new one.
+    fn take_dictionary(&mut self, column: &Slots) -> Dictionary {
+        let slots = column.strings.len() + 1;
+        match &column.dictionary {
+            Some(d) => match self.dictionaries.iter().position(|e| Arc::ptr_eq(&e.values, d)) {
+                Some(i) => self.dictionaries.remove(i),
+                None => Dictionary::new(Arc::clone(d), slots),
+            },
+            None => Dictionary::new(Arc::clone(&column.strings), slots),
+        }
+    }
+
+    /// Puts back (as the newest) an entry [`Self::take_dictionary`] gave.
+    fn put_dictionary(&mut self, column: &Slots, entry: Dictionary) {
+        if column.dictionary.is_none() {
+            return;
+        }
+        if self.dictionaries.len() >= CACHED_DICTIONARIES {
+            self.dictionaries.remove(0);
+        }
+        self.dictionaries.push(entry);
     }
 }
 
@@ -122,24 +179,16 @@ impl TagKeys {
     /// Tuple ids of the rows of `columns` (equal lengths).
     fn encode(&self, columns: &[ArrayRef]) -> Result<UInt32Array> {
         let rows = columns.first().map_or(0, |c| c.len());
-        // Per column: each row's slot (dictionary index; the dictionary's length for NULL), and
-        // the dictionary's values as strings.
-        let mut slots: Vec<Vec<u32>> = Vec::with_capacity(columns.len());
-        let mut values: Vec<ArrayRef> = Vec::with_capacity(columns.len());
-        for c in columns {
-            let (s, v) = dictionary_slots(c)?;
-            slots.push(s);
-            values.push(v);
-        }
-        // 1. Dense local ids, a column at a time.
-        let mut local = slots.first().cloned().unwrap_or_default();
-        let mut width = values.first().map_or(1, |v| v.len() + 1);
-        for (s, v) in slots.iter().zip(&values).skip(1) {
-            let w = v.len() + 1;
+        let parts: Vec<Slots> = columns.iter().map(dictionary_slots).collect::<Result<_>>()?;
+        // 1. Dense local ids, a column at a time (a one-column key's are its slots).
+        let mut local = parts.first().map(|p| p.slots.clone()).unwrap_or_default();
+        let mut width = parts.first().map_or(1, |p| p.strings.len() + 1);
+        for p in parts.iter().skip(1) {
+            let w = p.strings.len() + 1;
             let mut next = 0u32;
             if width.saturating_mul(w) <= DENSE_TABLE_MAX {
                 let mut table = vec![u32::MAX; width * w];
-                for (l, &slot) in local.iter_mut().zip(s) {
+                for (l, &slot) in local.iter_mut().zip(&p.slots) {
                     let e = &mut table[*l as usize * w + slot as usize];
                     if *e == u32::MAX {
                         *e = next;
@@ -149,7 +198,7 @@ impl TagKeys {
                 }
             } else {
                 let mut table: HashMap<u64, u32> = HashMap::new();
-                for (l, &slot) in local.iter_mut().zip(s) {
+                for (l, &slot) in local.iter_mut().zip(&p.slots) {
                     let k = (u64::from(*l) << 32) | u64::from(slot);
                     *l = *table.entry(k).or_insert_with(|| {
                         next += 1;
@@ -167,39 +216,63 @@ impl TagKeys {
                 *f = row;
             }
         }
-        // 2. Their tuple ids.
-        let strings: Vec<_> = values.iter().map(|v| v.as_string::<i32>()).collect();
-        let mut value_ids: Vec<Vec<u32>> = values.iter().map(|v| vec![u32::MAX; v.len() + 1]).collect();
+        // 2. Their tuple ids, under the lock.
         let mut tuple_of_local = vec![0u32; width];
-        let mut tuple = vec![0u32; columns.len()];
-        let mut state = self.lock()?;
-        let state = &mut *state;
-        for (l, &row) in first_row.iter().enumerate() {
-            if row == usize::MAX {
-                continue;
-            }
-            for (c, t) in tuple.iter_mut().enumerate() {
-                let slot = slots[c][row] as usize;
-                let cached = &mut value_ids[c][slot];
-                if *cached == u32::MAX {
-                    let s = strings[c];
-                    let v = (slot < s.len() && s.is_valid(slot)).then(|| s.value(slot));
-                    *cached = state.columns[c].id(v)?;
+        {
+            let mut state = self.lock()?;
+            let state = &mut *state;
+            let mut dictionaries: Vec<Dictionary> = parts
+                .iter()
+                .zip(&mut state.columns)
+                .map(|(p, c)| c.take_dictionary(p))
+                .collect();
+            let one_column = parts.len() == 1;
+            let mut tuple = vec![0u32; parts.len()];
+            let result = (|| -> Result<()> {
+                for (l, &row) in first_row.iter().enumerate() {
+                    if row == usize::MAX {
+                        continue;
+                    }
+                    if one_column {
+                        let known = dictionaries[0].tuple_ids[parts[0].slots[row] as usize];
+                        if known != u32::MAX {
+                            tuple_of_local[l] = known;
+                            continue;
+                        }
+                    }
+                    for (c, t) in tuple.iter_mut().enumerate() {
+                        let slot = parts[c].slots[row] as usize;
+                        let cached = &mut dictionaries[c].value_ids[slot];
+                        if *cached == u32::MAX {
+                            let s = parts[c].strings.as_string::<i32>();
+                            let v = (slot < s.len() && s.is_valid(slot)).then(|| s.value(slot));
+                            *cached = state.columns[c].id(v)?;
+                        }
+                        *t = *cached;
+                    }
+                    let id = match state.tuples.get(tuple.as_slice()) {
+                        Some(&id) => id,
+                        None => {
+                            let id = u32::try_from(state.by_id.len()).map_err(|_| {
+                                DataFusionError::ResourcesExhausted("annals_tag_key: too many tag tuples".into())
+                            })?;
+                            let t: Box<[u32]> = tuple.clone().into();
+                            state.tuples.insert(t.clone(), id);
+                            state.by_id.push(t);
+                            id
+                        }
+                    };
+                    if one_column {
+                        dictionaries[0].tuple_ids[parts[0].slots[row] as usize] = id;
+                    }
+                    tuple_of_local[l] = id;
                 }
-                *t = *cached;
+                Ok(())
+            })();
+            for ((p, c), d) in parts.iter().zip(&mut state.columns).zip(dictionaries) {
+                c.put_dictionary(p, d);
             }
-            tuple_of_local[l] = match state.tuples.get(tuple.as_slice()) {
-                Some(&id) => id,
-                None => {
-                    let id = u32::try_from(state.by_id.len()).map_err(|_| {
-                        DataFusionError::ResourcesExhausted("annals_tag_key: too many tag tuples".into())
-                    })?;
-                    let t: Box<[u32]> = tuple.clone().into();
-                    state.tuples.insert(t.clone(), id);
-                    state.by_id.push(t);
-                    id
-                }
-            };
+            result?;
         }
         // 3. Each row's.
         debug_assert_eq!(local.len(), rows);
@@ -229,11 +302,22 @@ impl TagKeys {
     }
 }
 
-/// Each row's dictionary slot (the dictionary's length for NULL) and the dictionary's values as
-/// `Utf8`. A column that is not a dictionary is dictionary-encoded first.
-fn dictionary_slots(column: &ArrayRef) -> Result<(Vec<u32>, ArrayRef)> {
+/// One tag column of a batch, by dictionary slot.
+struct Slots {
+    /// Each row's slot: its dictionary index, or the dictionary's length for NULL.
+    slots: Vec<u32>,
+    /// The dictionary's values as `Utf8`.
+    strings: ArrayRef,
+    /// The column's own dictionary values, when it came as a dictionary: what identifies the
+    /// dictionary from batch to batch.
+    dictionary: Option<ArrayRef>,
+}
+
+/// A column's [`Slots`]. A column that is not a dictionary is dictionary-encoded first.
+fn dictionary_slots(column: &ArrayRef) -> Result<Slots> {
     let encoded;
-    let column = if column.as_any_dictionary_opt().is_some() {
+    let is_dictionary = column.as_any_dictionary_opt().is_some();
+    let column = if is_dictionary {
         column
     } else {
         let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
@@ -241,14 +325,17 @@ fn dictionary_slots(column: &ArrayRef) -> Result<(Vec<u32>, ArrayRef)> {
         &encoded
     };
     let dict = column.as_any_dictionary();
-    let values = match dict.values().data_type() {
-        DataType::Utf8 => dict.values().clone(),
+    let strings = match dict.values().data_type() {
+        DataType::Utf8 => Arc::clone(dict.values()),
         _ => cast(dict.values(), &DataType::Utf8)?,
     };
-    let null_slot = u32::try_from(values.len())
+    let null_slot = u32::try_from(strings.len())
         .map_err(|_| DataFusionError::Internal("annals_tag_key: dictionary too large".into()))?;
-    let mut slots: Vec<u32> = if values.is_empty() {
+    let mut slots: Vec<u32> = if strings.is_empty() {
         vec![null_slot; dict.keys().len()]
+    } else if let Some(d) = column.as_dictionary_opt::<Int32Type>() {
+        // The common case, without normalizing the keys to `usize` first.
+        d.keys().values().iter().map(|&k| k as u32).collect()
     } else {
         dict.normalized_keys().into_iter().map(|k| k as u32).collect()
     };
@@ -257,7 +344,15 @@ fn dictionary_slots(column: &ArrayRef) -> Result<(Vec<u32>, ArrayRef)> {
             slots[row] = null_slot;
         }
     }
-    Ok((slots, values))
+    // A key may point past the values only under a NULL (whose slot was just replaced).
+    if slots.iter().any(|&s| s > null_slot) {
+        return exec_err!("annals_tag_key: dictionary key out of range");
+    }
+    Ok(Slots {
+        slots,
+        strings,
+        dictionary: is_dictionary.then(|| Arc::clone(dict.values())),
+    })
 }
 
 #[derive(Debug)]
@@ -346,8 +441,7 @@ impl ScalarUDFImpl for TagValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{DictionaryArray, StringArray};
-    use arrow::datatypes::Int32Type;
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
 
     fn dict(values: &[Option<&str>]) -> ArrayRef {
         Arc::new(values.iter().copied().collect::<DictionaryArray<Int32Type>>())
@@ -415,5 +509,53 @@ mod tests {
             .unwrap();
         assert_eq!(k.value(0), k.value(2));
         assert_ne!(k.value(0), k.value(1));
+    }
+
+    /// Batches that share a dictionary array (as those of one Parquet column chunk do) reuse
+    /// what its slots stand for, for one-column and several-column keys alike, past more
+    /// dictionaries than are cached, and give the keys a fresh dictionary would.
+    #[test]
+    fn batches_sharing_a_dictionary_get_the_keys_of_fresh_ones() {
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["c", "a", "b"]));
+        let shared = |keys: Vec<Option<i32>>| -> ArrayRef {
+            Arc::new(DictionaryArray::new(Int32Array::from(keys), Arc::clone(&names)))
+        };
+        let batches = [
+            vec![Some(0), Some(1), None, Some(0)],
+            vec![Some(2), Some(2), Some(1)],
+            vec![None, Some(0), Some(2), Some(1)],
+        ];
+        let strings = |keys: &[Option<i32>]| -> Vec<Option<&str>> {
+            keys.iter().map(|k| k.map(|k| ["c", "a", "b"][k as usize])).collect()
+        };
+        for columns in [1, 2] {
+            let cached = TagKeys::new(columns);
+            let fresh = TagKeys::new(columns);
+            // More other dictionaries between uses than are cached, on the last round.
+            for round in 0..3 {
+                for keys in &batches {
+                    let other = dict(&[Some("x"), Some("y"), None, Some("x")][..keys.len().min(4)]);
+                    let args: Vec<ArrayRef> = match columns {
+                        1 => vec![shared(keys.clone())],
+                        _ => vec![shared(keys.clone()), other.clone()],
+                    };
+                    let plain: Vec<ArrayRef> = match columns {
+                        1 => vec![dict(&strings(keys))],
+                        _ => vec![dict(&strings(keys)), other],
+                    };
+                    assert_eq!(cached.encode(&args).unwrap(), fresh.encode(&plain).unwrap());
+                    if round == 2 {
+                        for i in 0..=CACHED_DICTIONARIES {
+                            let filler = dict(&[Some(["p", "q"][i % 2]); 2]);
+                            let args: Vec<ArrayRef> = vec![filler; columns];
+                            cached.encode(&args).unwrap();
+                            fresh.encode(&args).unwrap();
+                        }
+                    }
+                }
+            }
+            let cached = cached.lock().unwrap();
+            assert!(cached.columns[0].dictionaries.len() <= CACHED_DICTIONARIES);
+        }
     }
 }
