@@ -68,7 +68,11 @@ impl OptimizerRule for DictionaryGroupKeys {
         };
         // Plain column keys only: grouping sets keep their own plan, and other expressions of
         // dictionary type are rare enough not to be worth the projection.
-        if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
         let input_schema = agg.input.schema();
@@ -157,7 +161,11 @@ fn tag_ids(agg: Aggregate, tags: &[usize]) -> Result<LogicalPlan> {
         .enumerate()
         .map(|(i, (q, f))| match tags.iter().position(|&t| t == i) {
             Some(t) => Ok(keys
-                .value(Expr::Column(Column::from_name(TAG_KEY)), t, f.data_type().clone())
+                .value(
+                    Expr::Column(Column::from_name(TAG_KEY)),
+                    t,
+                    f.data_type().clone(),
+                )
                 .alias_qualified(q.cloned(), f.name())),
             None => {
                 let (iq, inf) = rest.next().ok_or_else(|| {
@@ -304,7 +312,9 @@ mod tests {
         let sql = "SELECT name, fleet, t / 10 AS b, count(*) FROM r GROUP BY name, fleet, t / 10";
         let plan = optimized(&ctx, sql).await;
         assert!(
-            plan.contains("Aggregate: groupBy=[[annals_tag_key(r.name, r.fleet) AS __annals_tags, "),
+            plan.contains(
+                "Aggregate: groupBy=[[annals_tag_key(r.name, r.fleet) AS __annals_tags, "
+            ),
             "{plan}"
         );
         assert!(
@@ -313,7 +323,10 @@ mod tests {
         );
         // Tags alone too.
         let plan = optimized(&ctx, "SELECT name, count(*) FROM r GROUP BY name").await;
-        assert!(plan.contains("groupBy=[[annals_tag_key(r.name) AS __annals_tags]]"), "{plan}");
+        assert!(
+            plan.contains("groupBy=[[annals_tag_key(r.name) AS __annals_tags]]"),
+            "{plan}"
+        );
 
         ctx.sql("SET annals.tag_group_keys = false").await.unwrap();
         let sql = "SELECT name, t / 10 AS b, count(*) FROM r GROUP BY name, t / 10";

@@ -36,8 +36,8 @@ pub mod scan;
 pub mod service;
 pub mod subscribe;
 pub mod system;
-pub mod tagkey;
 pub mod table;
+pub mod tagkey;
 pub mod topn;
 
 pub use error::QueryError;

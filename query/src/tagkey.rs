@@ -106,8 +106,9 @@ impl ValueIds {
         if let Some(&id) = self.ids.get(v) {
             return Ok(id);
         }
-        let id = u32::try_from(self.by_id.len())
-            .map_err(|_| DataFusionError::ResourcesExhausted("annals_tag_key: too many tag values".into()))?;
+        let id = u32::try_from(self.by_id.len()).map_err(|_| {
+            DataFusionError::ResourcesExhausted("annals_tag_key: too many tag values".into())
+        })?;
         self.ids.insert(v.into(), id);
         self.by_id.push(Some(v.into()));
         Ok(id)
@@ -117,7 +118,11 @@ impl ValueIds {
     fn take_dictionary(&mut self, column: &Slots) -> Dictionary {
         let slots = column.strings.len() + 1;
         match &column.dictionary {
-            Some(d) => match self.dictionaries.iter().position(|e| Arc::ptr_eq(&e.values, d)) {
+            Some(d) => match self
+                .dictionaries
+                .iter()
+                .position(|e| Arc::ptr_eq(&e.values, d))
+            {
                 Some(i) => self.dictionaries.remove(i),
                 None => Dictionary::new(Arc::clone(d), slots),
             },
@@ -179,7 +184,10 @@ impl TagKeys {
     /// Tuple ids of the rows of `columns` (equal lengths).
     fn encode(&self, columns: &[ArrayRef]) -> Result<UInt32Array> {
         let rows = columns.first().map_or(0, |c| c.len());
-        let parts: Vec<Slots> = columns.iter().map(dictionary_slots).collect::<Result<_>>()?;
+        let parts: Vec<Slots> = columns
+            .iter()
+            .map(dictionary_slots)
+            .collect::<Result<_>>()?;
         // 1. Dense local ids, a column at a time (a one-column key's are its slots).
         let mut local = parts.first().map(|p| p.slots.clone()).unwrap_or_default();
         let mut width = parts.first().map_or(1, |p| p.strings.len() + 1);
@@ -254,7 +262,9 @@ impl TagKeys {
                         Some(&id) => id,
                         None => {
                             let id = u32::try_from(state.by_id.len()).map_err(|_| {
-                                DataFusionError::ResourcesExhausted("annals_tag_key: too many tag tuples".into())
+                                DataFusionError::ResourcesExhausted(
+                                    "annals_tag_key: too many tag tuples".into(),
+                                )
                             })?;
                             let t: Box<[u32]> = tuple.clone().into();
                             state.tuples.insert(t.clone(), id);
@@ -337,10 +347,17 @@ fn dictionary_slots(column: &ArrayRef) -> Result<Slots> {
         // The common case, without normalizing the keys to `usize` first.
         d.keys().values().iter().map(|&k| k as u32).collect()
     } else {
-        dict.normalized_keys().into_iter().map(|k| k as u32).collect()
+        dict.normalized_keys()
+            .into_iter()
+            .map(|k| k as u32)
+            .collect()
     };
     if let Some(nulls) = dict.keys().logical_nulls() {
-        for row in nulls.iter().enumerate().filter_map(|(i, v)| (!v).then_some(i)) {
+        for row in nulls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| (!v).then_some(i))
+        {
             slots[row] = null_slot;
         }
     }
@@ -430,7 +447,10 @@ impl ScalarUDFImpl for TagValue {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let keys = ColumnarValue::values_to_arrays(&args.args)?;
-        let Some(keys) = keys.first().and_then(|k| k.as_primitive_opt::<UInt32Type>()) else {
+        let Some(keys) = keys
+            .first()
+            .and_then(|k| k.as_primitive_opt::<UInt32Type>())
+        else {
             return exec_err!("annals_tag_value takes the UInt32 of annals_tag_key");
         };
         let strings = self.keys.decode(keys, self.column)?;
@@ -444,7 +464,12 @@ mod tests {
     use arrow::array::{DictionaryArray, Int32Array, StringArray};
 
     fn dict(values: &[Option<&str>]) -> ArrayRef {
-        Arc::new(values.iter().copied().collect::<DictionaryArray<Int32Type>>())
+        Arc::new(
+            values
+                .iter()
+                .copied()
+                .collect::<DictionaryArray<Int32Type>>(),
+        )
     }
 
     /// Keys equal exactly when the tuples are equal, across batches with different
@@ -452,23 +477,55 @@ mod tests {
     #[test]
     fn keys_are_equal_exactly_for_equal_tuples_and_decode_back() {
         let keys = TagKeys::new(2);
-        let a = [Some("a"), Some("b"), None, Some("a"), Some("b"), None, Some("a")];
-        let b = [Some("x"), Some("x"), Some("x"), None, Some("x"), None, Some("x")];
+        let a = [
+            Some("a"),
+            Some("b"),
+            None,
+            Some("a"),
+            Some("b"),
+            None,
+            Some("a"),
+        ];
+        let b = [
+            Some("x"),
+            Some("x"),
+            Some("x"),
+            None,
+            Some("x"),
+            None,
+            Some("x"),
+        ];
         let k1 = keys.encode(&[dict(&a), dict(&b)]).unwrap();
         // Same tuples, other dictionary orders; the second column as plain strings.
         let a2 = [None, Some("a"), Some("b"), Some("c")];
-        let b2: ArrayRef = Arc::new(StringArray::from(vec![None, Some("x"), Some("x"), Some("x")]));
+        let b2: ArrayRef = Arc::new(StringArray::from(vec![
+            None,
+            Some("x"),
+            Some("x"),
+            Some("x"),
+        ]));
         let k2 = keys.encode(&[dict(&a2), b2]).unwrap();
         let tuples: Vec<(Option<&str>, Option<&str>)> = a
             .iter()
             .zip(&b)
             .map(|(x, y)| (*x, *y))
-            .chain([(None, None), (Some("a"), Some("x")), (Some("b"), Some("x")), (Some("c"), Some("x"))])
+            .chain([
+                (None, None),
+                (Some("a"), Some("x")),
+                (Some("b"), Some("x")),
+                (Some("c"), Some("x")),
+            ])
             .collect();
         let all: Vec<u32> = k1.values().iter().chain(k2.values()).copied().collect();
         for i in 0..tuples.len() {
             for j in 0..tuples.len() {
-                assert_eq!(tuples[i] == tuples[j], all[i] == all[j], "{:?} {:?}", tuples[i], tuples[j]);
+                assert_eq!(
+                    tuples[i] == tuples[j],
+                    all[i] == all[j],
+                    "{:?} {:?}",
+                    tuples[i],
+                    tuples[j]
+                );
             }
         }
         let k = UInt32Array::from(all);
@@ -505,7 +562,10 @@ mod tests {
     fn an_all_null_column_is_one_value() {
         let keys = TagKeys::new(2);
         let k = keys
-            .encode(&[dict(&[None, None, None]), dict(&[Some("x"), Some("y"), Some("x")])])
+            .encode(&[
+                dict(&[None, None, None]),
+                dict(&[Some("x"), Some("y"), Some("x")]),
+            ])
             .unwrap();
         assert_eq!(k.value(0), k.value(2));
         assert_ne!(k.value(0), k.value(1));
@@ -518,7 +578,10 @@ mod tests {
     fn batches_sharing_a_dictionary_get_the_keys_of_fresh_ones() {
         let names: ArrayRef = Arc::new(StringArray::from(vec!["c", "a", "b"]));
         let shared = |keys: Vec<Option<i32>>| -> ArrayRef {
-            Arc::new(DictionaryArray::new(Int32Array::from(keys), Arc::clone(&names)))
+            Arc::new(DictionaryArray::new(
+                Int32Array::from(keys),
+                Arc::clone(&names),
+            ))
         };
         let batches = [
             vec![Some(0), Some(1), None, Some(0)],
@@ -526,7 +589,9 @@ mod tests {
             vec![None, Some(0), Some(2), Some(1)],
         ];
         let strings = |keys: &[Option<i32>]| -> Vec<Option<&str>> {
-            keys.iter().map(|k| k.map(|k| ["c", "a", "b"][k as usize])).collect()
+            keys.iter()
+                .map(|k| k.map(|k| ["c", "a", "b"][k as usize]))
+                .collect()
         };
         for columns in [1, 2] {
             let cached = TagKeys::new(columns);
