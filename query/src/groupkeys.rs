@@ -15,7 +15,8 @@
 //! group keys back into the tags, so the plan's schema and every answer are unchanged.
 //! `SET annals.tag_group_keys = false` turns this off.
 //!
-//! Without it, the rule can instead group by string views beside another key:
+//! One tag beside another key (`GROUP BY name, date_bin(..)`), and every tag key without ids,
+//! is grouped by string views instead (measured faster there; see the rule):
 //! `Projection(CAST(tag AS Dictionary) AS tag, ..) ← Aggregate(group by: CAST(tag AS Utf8View) AS tag, .., bucket)`.
 //! The cast builds one 16-byte view per row that points into the dictionary's values (tags of
 //! up to 12 bytes are inline), and groups then compare column-wise.
@@ -87,7 +88,13 @@ impl OptimizerRule for DictionaryGroupKeys {
         if tags.is_empty() {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
-        if ids {
+        // One tag beside another key (a time bucket) groups faster as views: at 10M rows,
+        // stationary_trucks 228 ms with views and 248 ms with ids, long_driving_sessions 206
+        // and 234 ms (most blocks bring a new dictionary, whose values are then looked up once
+        // each). Several tags, or tags alone, group faster by ids: daily_activity 368 and
+        // 452 ms, average_load 183 and 260 ms, GROUP BY name alone 121 and 136 ms.
+        let one_tag_beside_others = tags.len() == 1 && agg.group_expr.len() > 1;
+        if ids && !(views && one_tag_beside_others) {
             return tag_ids(agg, &tags).map(Transformed::yes);
         }
         // Views only beside another key (a time bucket, a field): tags alone have as many
@@ -294,7 +301,10 @@ mod tests {
             .sql("SET annals.tag_group_keys = false")
             .await
             .unwrap();
-        for with in [ctx(true), views] {
+        // Ids for every tag key, also one tag beside another key.
+        let ids = ctx(true);
+        ids.sql("SET annals.view_group_keys = false").await.unwrap();
+        for with in [ctx(true), views, ids] {
             for q in queries {
                 assert_eq!(run(&with, q).await, run(&without, q).await, "{q}");
             }
@@ -328,8 +338,22 @@ mod tests {
             "{plan}"
         );
 
-        ctx.sql("SET annals.tag_group_keys = false").await.unwrap();
+        // One tag beside another key: views (ids once views are off).
         let sql = "SELECT name, t / 10 AS b, count(*) FROM r GROUP BY name, t / 10";
+        let plan = optimized(&ctx, sql).await;
+        assert!(
+            plan.contains("groupBy=[[CAST(r.name AS Utf8View) AS name, "),
+            "{plan}"
+        );
+        ctx.sql("SET annals.view_group_keys = false").await.unwrap();
+        let plan = optimized(&ctx, sql).await;
+        assert!(
+            plan.contains("groupBy=[[annals_tag_key(r.name) AS __annals_tags, "),
+            "{plan}"
+        );
+        ctx.sql("SET annals.view_group_keys = true").await.unwrap();
+
+        ctx.sql("SET annals.tag_group_keys = false").await.unwrap();
         let plan = optimized(&ctx, sql).await;
         assert!(
             plan.contains("Aggregate: groupBy=[[CAST(r.name AS Utf8View) AS name, "),
