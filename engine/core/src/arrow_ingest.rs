@@ -41,7 +41,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use annals_format::hash::{leaf_hash, Hash};
+use annals_format::hash::Hash;
 use annals_format::row::{ColumnPrefix, ColumnRef, Kind, RowHead, ValueRef};
 use annals_lp::{Limits, TIME_NS_MAX, TIME_NS_MIN};
 use arrow::array::{
@@ -736,12 +736,11 @@ pub fn prepare_arrow(
         }
     }
     for s in &mut out {
-        let mut from = 0usize;
-        for (k, &to) in s.offsets.iter().skip(1).enumerate() {
-            debug_assert_eq!(s.cursor[k], to as usize, "row length");
-            s.leaf_hashes.push(leaf_hash(&s.enc[from..to as usize]));
-            from = to as usize;
-        }
+        debug_assert!(s.offsets[1..]
+            .iter()
+            .zip(&s.cursor)
+            .all(|(&to, &c)| to as usize == c));
+        annals_format::hash::many::leaf_hashes(&s.enc, &s.offsets, &mut s.leaf_hashes);
     }
 
     // Arrow columns per shard, in the table's schema.

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use annals_format::block::{BlockHeader, BranchId};
-use annals_format::hash::{leaf_hash, to_hex, Hash};
+use annals_format::hash::many::leaf_hashes_of;
+use annals_format::hash::{to_hex, Hash};
 use annals_format::merkle::root_of;
 use annals_format::sign::verify;
 use annals_storage::block_file::{row_encodings, BlockFileReader, FILE_SUFFIX};
@@ -225,7 +226,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                 };
                 match row_encodings(&header.table, &batch) {
                     Ok(rows) => {
-                        let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();
+                        let leaves: Vec<Hash> = leaf_hashes_of(&rows);
                         if rows.len() != header.row_count as usize {
                             r.problem(
                                 &at,
@@ -299,7 +300,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                 }
                 Some(rows) => {
                     if let Ok((header, _, _)) = log.header(h) {
-                        let leaves: Vec<Hash> = rows.iter().map(|x| leaf_hash(x)).collect();
+                        let leaves: Vec<Hash> = leaf_hashes_of(&rows);
                         if rows.len() != header.row_count as usize
                             || root_of(&leaves) != header.rows_root
                         {

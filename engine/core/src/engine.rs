@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use annals_format::block::BranchId;
-use annals_format::hash::{leaf_hash, to_hex};
+use annals_format::hash::to_hex;
 use annals_format::row::{decode_row, Kind};
 use annals_storage::block_file::{BlockFileReader, FILE_SUFFIX, TMP_SUFFIX};
 use annals_storage::branch_log::BranchLog;
@@ -921,9 +921,10 @@ fn rebuild_chunk(
     }
     let schema = catalog.ensure(table, &cols)?;
     let mut b = ChunkBuilder::new(schema, rows.len());
-    for (row, r) in decoded.iter().zip(rows) {
+    for row in &decoded {
         b.push(0, row.time, &row.columns);
-        debug_assert_eq!(leaf_hash(r), *b.last_leaf_hash());
     }
-    Ok(b.finish())
+    let (chunk, origin) = b.finish();
+    debug_assert!((0..rows.len()).all(|i| chunk.encoding(i) == &rows[i][..]));
+    Ok((chunk, origin))
 }

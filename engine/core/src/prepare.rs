@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use annals_format::hash::{leaf_hash, Hash};
+use annals_format::hash::Hash;
 use annals_format::row::{encode_row, encode_row_presorted, ColumnRef, Kind, ValueRef};
 use annals_lp::{FieldValue, Line, ParseOptions, Parser};
 use arrow::array::{
@@ -224,15 +224,9 @@ impl ChunkBuilder {
         self.times.len()
     }
 
-    /// Leaf hash of the row pushed last.
-    pub fn last_leaf_hash(&self) -> &Hash {
-        self.leaf_hashes.last().expect("a row was pushed")
-    }
-
     /// Adds a row whose columns are sorted by name. Every column must exist in the schema with
     /// its kind (checked by the caller); a violation is a bug and panics.
     pub fn push(&mut self, line: u32, time: i64, cols: &[ColumnRef<'_>]) {
-        let before = self.enc.len();
         encode_row(&mut self.enc, &self.table.name, time, cols).expect("columns sorted and unique");
         let table = self.table.clone();
         let indexed = cols.iter().map(|c| {
@@ -244,12 +238,11 @@ impl ChunkBuilder {
                     .0,
             )
         });
-        self.push_encoded(line, time, before, indexed, None);
+        self.push_encoded(line, time, indexed, None);
     }
 
     /// Adds a parsed line whose [`Shape`] (canonical order and schema positions) is known.
     fn push_shaped(&mut self, line: &Line<'_>, shape: &Shape, series: u64) {
-        let before = self.enc.len();
         let sorted = || shape.perm.iter().map(|&p| input_column(line, p));
         encode_row_presorted(
             &mut self.enc,
@@ -261,19 +254,17 @@ impl ChunkBuilder {
         self.push_encoded(
             line.line_number as u32,
             line.time_ns,
-            before,
             sorted().zip(shape.idx.iter().copied()),
             Some(series),
         );
     }
 
-    /// Records the row just encoded at `enc[before..]` and appends its columns (with their
+    /// Records the row just encoded at the end of `enc` and appends its columns (with their
     /// schema positions) to the Arrow builders; columns the row lacks get nulls.
     fn push_encoded<'c>(
         &mut self,
         line: u32,
         time: i64,
-        before: usize,
         cols: impl Iterator<Item = (ColumnRef<'c>, usize)>,
         series: Option<u64>,
     ) {
@@ -285,7 +276,6 @@ impl ChunkBuilder {
                 *e = (time, row);
             }
         }
-        self.leaf_hashes.push(leaf_hash(&self.enc[before..]));
         self.offsets.push(self.enc.len() as u32);
         self.times.push(time);
         self.lines.push(line);
@@ -305,6 +295,8 @@ impl ChunkBuilder {
 
     /// Finishes the chunk and the requester's record of where its rows came from.
     pub fn finish(mut self) -> (Chunk, ChunkOrigin) {
+        // Every row's leaf hash at once: the rows share the SIMD lanes (annals_format::hash::many).
+        annals_format::hash::many::leaf_hashes(&self.enc, &self.offsets, &mut self.leaf_hashes);
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len() + 1);
         arrays.push(Arc::new(self.time.finish()));
         for c in &mut self.cols {

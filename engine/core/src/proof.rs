@@ -29,6 +29,7 @@ use std::sync::{Arc, OnceLock};
 
 use annals_format::block::{tx_id, BlockHeader, BranchId};
 use annals_format::checkpoint::BranchEntry;
+use annals_format::hash::many::leaf_hashes_of;
 use annals_format::hash::{hash_from_hex, leaf_hash, node_hash, to_hex, Hash};
 use annals_format::merkle::{
     inclusion_path, root_of, verify_consistency, verify_inclusion, Chunked, LeafHashes, Levels,
@@ -974,7 +975,7 @@ impl BlockProofs {
             })?;
         let entry = checkpoint.entries[entry_index];
         // Read-back checks: the rows must hash to the header, the header to the signature.
-        let rows_tree = Levels::new(read.encodings.iter().map(|e| leaf_hash(e)).collect());
+        let rows_tree = Levels::new(leaf_hashes_of(&read.encodings));
         let leaves = rows_tree.leaves();
         if header.branch != *branch || header.height != height {
             return Err(ProofError::Corrupt(format!(

@@ -1,4 +1,9 @@
 //! BLAKE3-256 with a domain byte in front of everything hashed.
+//!
+//! [`many`] hashes a batch of rows (or one level of Merkle nodes) at once, using the SIMD lanes
+//! across messages; the functions here hash one message.
+
+pub mod many;
 
 /// A 32-byte BLAKE3 output.
 pub type Hash = [u8; 32];

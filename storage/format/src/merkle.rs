@@ -43,34 +43,17 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
             // and an odd node at the end of a level is promoted unchanged.
             let mut level = parent_level(leaf_hashes);
             while level.len() > 1 {
-                let mut w = 0;
-                for r in (0..level.len()).step_by(2) {
-                    level[w] = if r + 1 < level.len() {
-                        node_hash(&level[r], &level[r + 1])
-                    } else {
-                        level[r]
-                    };
-                    w += 1;
-                }
-                level.truncate(w);
+                level = parent_level(&level);
             }
             level[0]
         }
     }
 }
 
-/// The level above `level`: each pair hashed, an odd node at the end promoted unchanged.
+/// The level above `level`: each pair hashed, an odd node at the end promoted unchanged
+/// (the pairs hashed side by side, [`crate::hash::many::parent_level`]).
 fn parent_level(level: &[Hash]) -> Vec<Hash> {
-    level
-        .chunks(2)
-        .map(|c| {
-            if c.len() == 2 {
-                node_hash(&c[0], &c[1])
-            } else {
-                c[0]
-            }
-        })
-        .collect()
+    crate::hash::many::parent_level(level)
 }
 
 /// Every level of the tree over some leaf hashes, bottom-up: node `i` of level `k` is the
@@ -172,11 +155,7 @@ impl RangeHasher for Chunked<'_> {
 
 /// `MTH` over leaf data (hashes each leaf with the leaf domain first).
 pub fn root_of_data<D: AsRef<[u8]>>(leaves: &[D]) -> Hash {
-    let hashes: Vec<Hash> = leaves
-        .iter()
-        .map(|d| crate::hash::leaf_hash(d.as_ref()))
-        .collect();
-    root_of(&hashes)
+    root_of(&crate::hash::many::leaf_hashes_of(leaves))
 }
 
 /// RFC 9162 `PATH(index, D[size])`: the audit path for leaf `index` in a tree of `size` leaves.

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use annals_format::block::{BlockHeader, BranchId};
-use annals_format::hash::{leaf_hash, to_hex, Hash};
+use annals_format::hash::many::leaf_hashes_of;
+use annals_format::hash::{to_hex, Hash};
 use annals_format::merkle::{inclusion_path, root_of, LeafHashes};
 use parking_lot::Mutex;
 
@@ -99,7 +100,7 @@ fn assemble(
                         to_hex(&run.branch)
                     ))
                 })?;
-                blocks.insert(k, read.encodings.iter().map(|e| leaf_hash(e)).collect());
+                blocks.insert(k, leaf_hashes_of(&read.encodings));
             }
             &blocks[&k]
         };

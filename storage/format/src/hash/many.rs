@@ -1,0 +1,281 @@
+//! Many short BLAKE3 messages at once: leaf hashes of a batch of rows and interior Merkle nodes.
+//!
+//! A canonical row is a few hundred bytes, so `H(0x00 || row)` is one BLAKE3 chunk of a handful
+//! of 64-byte blocks, compressed one after another. Hashing rows one at a time leaves the SIMD
+//! width of the machine unused: BLAKE3's own parallelism is across chunks of one long input.
+//! Here the *independent* messages of a batch share the vector lanes instead (16 at once with
+//! AVX-512, 8 with AVX2, 4 with SSE4.1; the portable code otherwise): every full block but the
+//! last of each message goes through `hash_many`, then the last block, which is the only one
+//! that may be partial and carries the `CHUNK_END | ROOT` flags, is compressed per message.
+//! The output is exactly `blake3::hash` of each message; the tests compare them for every
+//! length up to two chunks and for random batches.
+//!
+//! `hash_many` and `compress_in_place` come from `blake3::platform`, which the blake3 crate
+//! documents as unstable. The workspace pins blake3 to one exact version for that reason, and
+//! the tests here fail on any difference from `blake3::hash`, so an upgrade that changes the
+//! module cannot go unnoticed. Messages longer than one chunk (1024 bytes) take the ordinary
+//! hasher.
+
+use blake3::platform::{le_bytes_from_words_32, words_from_le_bytes_32, Platform};
+use blake3::IncrementCounter;
+
+use super::{Domain, Hash};
+
+/// BLAKE3 block length in bytes.
+const BLOCK: usize = 64;
+/// BLAKE3 chunk length in bytes: longer messages take the ordinary hasher.
+const CHUNK: usize = 1024;
+/// BLAKE3 compression flags (the BLAKE3 specification, section 2.1).
+const CHUNK_START: u8 = 1;
+const CHUNK_END: u8 = 2;
+const ROOT: u8 = 8;
+/// BLAKE3's initial chaining value (the SHA-256 IV, as the specification fixes it).
+const IV: [u32; 8] = [
+    0x6A09_E667,
+    0xBB67_AE85,
+    0x3C6E_F372,
+    0xA54F_F53A,
+    0x510E_527F,
+    0x9B05_688C,
+    0x1F83_D9AB,
+    0x5BE0_CD19,
+];
+/// Messages per `hash_many` call: their leading blocks stay in cache while hashed.
+const GROUP_MAX: usize = 256;
+/// Full leading blocks a one-chunk message can have (its last block is compressed apart).
+const LEAD_BLOCKS_MAX: usize = CHUNK / BLOCK - 1;
+
+/// Hashes the full leading blocks of `count` messages of `N` bytes each, laid end to end in
+/// `lead`, into chaining values (32 bytes each) in `cvs`.
+fn lead_many<const N: usize>(platform: Platform, lead: &[u8], count: usize, cvs: &mut [u8]) {
+    let inputs: Vec<&[u8; N]> = lead
+        .chunks_exact(N)
+        .take(count)
+        .map(|b| b.try_into().expect("chunks_exact gives N bytes"))
+        .collect();
+    assert_eq!(inputs.len(), count, "one lead per message");
+    platform.hash_many(
+        &inputs,
+        &IV,
+        0,
+        IncrementCounter::No,
+        0,
+        CHUNK_START,
+        0,
+        cvs,
+    );
+}
+
+/// [`lead_many`] for `blocks` leading blocks (1..=[`LEAD_BLOCKS_MAX`]).
+fn lead_dispatch(platform: Platform, blocks: usize, lead: &[u8], count: usize, cvs: &mut [u8]) {
+    macro_rules! dispatch {
+        ($($b:literal)*) => {
+            match blocks {
+                $($b => lead_many::<{ $b * BLOCK }>(platform, lead, count, cvs),)*
+                _ => unreachable!("{blocks} leading blocks in one chunk"),
+            }
+        };
+    }
+    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+}
+
+/// Compresses the last block `tail` (1..=64 bytes; empty only for the empty message) onto the
+/// chaining value `cv` and returns the root hash.
+fn finish(platform: Platform, mut cv: [u32; 8], tail: &[u8], first: bool) -> Hash {
+    debug_assert!(tail.len() <= BLOCK);
+    let mut block = [0u8; BLOCK];
+    block[..tail.len()].copy_from_slice(tail);
+    let flags = CHUNK_END | ROOT | if first { CHUNK_START } else { 0 };
+    platform.compress_in_place(&mut cv, &block, tail.len() as u8, 0, flags);
+    le_bytes_from_words_32(&cv)
+}
+
+/// `H(domain || message)` for every message `get(i)`, `i < count`, into `out` in order.
+///
+/// Messages are grouped by how many full leading blocks they have, so one `hash_many` call
+/// covers messages of one length class; each message's prefix is copied once, behind its
+/// domain byte, into a scratch buffer (`hash_many` needs each input contiguous).
+fn hash_domain_many<'m>(
+    domain: Domain,
+    count: usize,
+    get: impl Fn(usize) -> &'m [u8],
+    out: &mut Vec<Hash>,
+) {
+    let platform = Platform::detect();
+    let base = out.len();
+    out.resize(base + count, [0u8; 32]);
+    // Which messages have how many leading blocks; longer than a chunk: the ordinary hasher.
+    let mut classes: Vec<Vec<u32>> = vec![Vec::new(); LEAD_BLOCKS_MAX + 1];
+    for i in 0..count {
+        let m = get(i);
+        let total = m.len() + 1;
+        if total > CHUNK {
+            let mut h = blake3::Hasher::new();
+            h.update(&[domain as u8]);
+            h.update(m);
+            out[base + i] = *h.finalize().as_bytes();
+        } else {
+            classes[(total - 1) / BLOCK].push(i as u32);
+        }
+    }
+    // No full leading block: the message is its last block.
+    let mut one = [0u8; BLOCK];
+    for &i in &classes[0] {
+        let m = get(i as usize);
+        one[0] = domain as u8;
+        one[1..=m.len()].copy_from_slice(m);
+        out[base + i as usize] = finish(platform, IV, &one[..=m.len()], true);
+    }
+    let mut lead: Vec<u8> = Vec::new();
+    let mut cvs: Vec<u8> = Vec::new();
+    for (blocks, members) in classes.iter().enumerate().skip(1) {
+        let n = blocks * BLOCK;
+        for group in members.chunks(GROUP_MAX) {
+            lead.clear();
+            lead.reserve(group.len() * n);
+            for &i in group {
+                let m = get(i as usize);
+                lead.push(domain as u8);
+                lead.extend_from_slice(&m[..n - 1]);
+            }
+            cvs.clear();
+            cvs.resize(group.len() * 32, 0);
+            lead_dispatch(platform, blocks, &lead, group.len(), &mut cvs);
+            for (k, &i) in group.iter().enumerate() {
+                let m = get(i as usize);
+                let cv: &[u8; 32] = cvs[k * 32..k * 32 + 32].try_into().expect("32 bytes");
+                out[base + i as usize] =
+                    finish(platform, words_from_le_bytes_32(cv), &m[n - 1..], false);
+            }
+        }
+    }
+}
+
+/// Appends `H(0x00 || row)` of each row to `out`, row `i` being `enc[offsets[i]..offsets[i + 1]]`
+/// (`offsets` holds one more entry than there are rows). The same hashes as
+/// [`super::leaf_hash`] row by row, several times faster on a batch.
+pub fn leaf_hashes(enc: &[u8], offsets: &[u32], out: &mut Vec<Hash>) {
+    let count = offsets.len().saturating_sub(1);
+    hash_domain_many(
+        Domain::Leaf,
+        count,
+        |i| &enc[offsets[i] as usize..offsets[i + 1] as usize],
+        out,
+    );
+}
+
+/// `H(0x00 || d)` of each of `leaves`, in order.
+pub fn leaf_hashes_of<D: AsRef<[u8]>>(leaves: &[D]) -> Vec<Hash> {
+    let mut out = Vec::with_capacity(leaves.len());
+    hash_domain_many(Domain::Leaf, leaves.len(), |i| leaves[i].as_ref(), &mut out);
+    out
+}
+
+/// The level above `level` of an RFC 9162 tree built bottom-up: `H(0x01 || l || r)` of each
+/// pair, an odd node at the end promoted unchanged.
+pub fn parent_level(level: &[Hash]) -> Vec<Hash> {
+    let pairs = level.len() / 2;
+    let platform = Platform::detect();
+    let mut out = Vec::with_capacity(level.len().div_ceil(2));
+    // A node's message is 65 bytes: one full block (0x01, l, r[..31]) then r[31] alone.
+    let mut lead: Vec<u8> = Vec::with_capacity(GROUP_MAX.min(pairs) * BLOCK);
+    let mut cvs: Vec<u8> = Vec::new();
+    let mut start = 0;
+    while start < pairs {
+        let end = (start + GROUP_MAX).min(pairs);
+        lead.clear();
+        for p in start..end {
+            lead.push(Domain::Node as u8);
+            lead.extend_from_slice(&level[2 * p]);
+            lead.extend_from_slice(&level[2 * p + 1][..31]);
+        }
+        cvs.clear();
+        cvs.resize((end - start) * 32, 0);
+        lead_many::<BLOCK>(platform, &lead, end - start, &mut cvs);
+        for (k, p) in (start..end).enumerate() {
+            let cv: &[u8; 32] = cvs[k * 32..k * 32 + 32].try_into().expect("32 bytes");
+            out.push(finish(
+                platform,
+                words_from_le_bytes_32(cv),
+                &level[2 * p + 1][31..],
+                false,
+            ));
+        }
+        start = end;
+    }
+    if level.len() % 2 == 1 {
+        out.push(level[level.len() - 1]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{leaf_hash, node_hash};
+    use proptest::prelude::*;
+
+    fn bytes(len: usize, seed: usize) -> Vec<u8> {
+        (0..len)
+            .map(|j| ((seed * 131 + j * 7) % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn every_length_up_to_two_chunks_matches_blake3() {
+        // Lengths 0..=2100 cover every class of leading blocks, both block edges of each, and
+        // the one-chunk limit on both sides (the domain byte makes the message one longer).
+        let rows: Vec<Vec<u8>> = (0..=2100).map(|len| bytes(len, len)).collect();
+        let mut enc = Vec::new();
+        let mut offsets = vec![0u32];
+        for r in &rows {
+            enc.extend_from_slice(r);
+            offsets.push(enc.len() as u32);
+        }
+        let mut out = vec![[7u8; 32]];
+        leaf_hashes(&enc, &offsets, &mut out);
+        assert_eq!(out.len(), rows.len() + 1);
+        assert_eq!(out[0], [7u8; 32], "appends, keeps what was there");
+        for (len, r) in rows.iter().enumerate() {
+            assert_eq!(out[len + 1], leaf_hash(r), "row of {len} bytes");
+        }
+        assert_eq!(leaf_hashes_of(&rows), out[1..]);
+    }
+
+    #[test]
+    fn large_classes_span_several_groups() {
+        // More rows of one length class than one hash_many call takes.
+        let rows: Vec<Vec<u8>> = (0..GROUP_MAX * 3 + 5)
+            .map(|i| bytes(300 + i % 40, i))
+            .collect();
+        let expect: Vec<Hash> = rows.iter().map(|r| leaf_hash(r)).collect();
+        assert_eq!(leaf_hashes_of(&rows), expect);
+    }
+
+    #[test]
+    fn parent_level_matches_node_hash() {
+        for n in [0usize, 1, 2, 3, 4, 5, 17, 255, 256, 257, 513, 1000] {
+            let level: Vec<Hash> = (0..n).map(|i| leaf_hash(&bytes(40, i))).collect();
+            let expect: Vec<Hash> = level
+                .chunks(2)
+                .map(|c| {
+                    if c.len() == 2 {
+                        node_hash(&c[0], &c[1])
+                    } else {
+                        c[0]
+                    }
+                })
+                .collect();
+            assert_eq!(parent_level(&level), expect, "{n} nodes");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_batches_match_blake3(rows in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..1200), 0..80)) {
+            let expect: Vec<Hash> = rows.iter().map(|r| leaf_hash(r)).collect();
+            prop_assert_eq!(leaf_hashes_of(&rows), expect);
+        }
+    }
+}
