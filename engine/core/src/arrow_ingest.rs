@@ -35,8 +35,10 @@
 //! Checks and conversions run a column at a time (casts to the table's Arrow types, one pass
 //! per column for value checks). So does the canonical row encoding: each row's length, then
 //! each column written at every row's cursor, with the column's name and kind bytes encoded
-//! once. Per row there is only the series hash and the leaf hash. The chunk's Arrow columns
-//! are the input's columns, converted once and gathered per shard with `take`.
+//! once. Tag columns are read a row at a time as one tuple ([`crate::arrow_tags`]): each
+//! distinct tuple gets its dictionary keys and its series hash once, so per row there is one
+//! hash of the row's tag bytes and the leaf hash (computed for the batch at once). The chunk's
+//! Arrow columns are the input's columns, converted once and gathered per shard with `take`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,6 +55,7 @@ use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Int32Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
+use crate::arrow_tags::TagTuples;
 use crate::catalog::{Catalog, SchemaError, TableSchema};
 use crate::engine::Engine;
 use crate::error::{EngineError, WriteError};
@@ -598,10 +601,34 @@ pub fn prepare_arrow(
     }
 
     let times = times_of(batch)?;
+    // Tag columns a row at a time: distinct tuples numbered, dictionaries built per tuple.
+    let tag_inputs: Vec<usize> = (0..kinds.len())
+        .filter(|&i| kinds[i] == Some(Kind::Tag))
+        .collect();
+    let tuples = TagTuples::build(
+        &tag_inputs
+            .iter()
+            .map(|&i| batch.column(i))
+            .collect::<Vec<_>>(),
+        n,
+    )
+    .map_err(|(c, e)| {
+        let i = tag_inputs[c];
+        let t = batch.column(i).data_type();
+        column_error(
+            None,
+            schema.field(i).name(),
+            format!("cannot convert {t} to Dictionary(Int32, Utf8): {e}"),
+        )
+    })?;
     let mut cols: Vec<Col<'_>> = Vec::with_capacity(kinds.len());
     for (i, (field, kind)) in schema.fields().iter().zip(&kinds).enumerate() {
         if let Some(kind) = kind {
-            if let Some(c) = convert(field, i, batch.column(i), *kind, limits)? {
+            let array = match tag_inputs.binary_search(&i) {
+                Ok(t) => &tuples.columns[t],
+                Err(_) => batch.column(i),
+            };
+            if let Some(c) = convert(field, i, array, *kind, limits)? {
                 cols.push(c);
             }
         }
@@ -635,17 +662,26 @@ pub fn prepare_arrow(
             })
         })
         .collect();
+    // The series hash depends on the tags alone: once per tag tuple.
+    let tuple_series: Vec<u64> = tuples
+        .first_row
+        .iter()
+        .map(|&row| {
+            let row = row as usize;
+            series_hash(
+                name,
+                tag_cols
+                    .iter()
+                    .filter(|&&i| cols[i].is_valid(row))
+                    .map(|&i| ColumnRef {
+                        name: cols[i].name,
+                        value: access[i].get(row),
+                    }),
+            )
+        })
+        .collect();
     for (row, &time) in times.iter().enumerate() {
-        let series = series_hash(
-            name,
-            tag_cols
-                .iter()
-                .filter(|&&i| cols[i].is_valid(row))
-                .map(|&i| ColumnRef {
-                    name: cols[i].name,
-                    value: access[i].get(row),
-                }),
-        );
+        let series = tuple_series[tuples.tuple_of[row] as usize];
         let s = &mut out[(series % shards as u64) as usize];
         let at = s.rows.len() as u32;
         s.rows.push(row as u32);

@@ -21,6 +21,7 @@
 //! - A WAL segment is deleted only when every block with rows in it is in a finished block file.
 
 pub mod arrow_ingest;
+mod arrow_tags;
 pub mod attest;
 pub mod audit;
 pub mod catalog;
