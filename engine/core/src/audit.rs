@@ -300,7 +300,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, EngineError> {
                 }
                 Some(rows) => {
                     if let Ok((header, _, _)) = log.header(h) {
-                        let leaves: Vec<Hash> = leaf_hashes_of(&rows);
+                        let leaves: Vec<Hash> = leaf_hashes_of(rows);
                         if rows.len() != header.row_count as usize
                             || root_of(&leaves) != header.rows_root
                         {

@@ -101,7 +101,7 @@ impl Levels {
             64 - (m - 1).leading_zeros()
         };
         // A node when aligned and either whole or cut only by the tree's right edge.
-        let aligned = start % (1 << k) == 0 && (m == 1 << k || end == n);
+        let aligned = start.is_multiple_of(1 << k) && (m == 1 << k || end == n);
         match self.levels.get(k as usize) {
             Some(level) if aligned => level[(start >> k) as usize],
             _ => root_of(&self.levels[0][start as usize..end as usize]),
