@@ -500,7 +500,8 @@ fn read_mem(
                 let mask = filter.evaluate(&conform(&part, &filter.schema)?)?;
                 part = filter_record_batch(&part, &mask)?;
             }
-            if !emit(part, index + off) {
+            // As from files: a slice whose rows all fail the filter sends nothing downstream.
+            if part.num_rows() > 0 && !emit(part, index + off) {
                 return Ok(false);
             }
             off += take;
