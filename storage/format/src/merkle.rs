@@ -5,6 +5,7 @@
 //! recursion ([`LeafHashes`]); the branch log in `annals-storage` implements it from stored
 //! complete-subtree hashes in O(log n) reads. Verification takes only hashes.
 
+use crate::hash::many::parent_level;
 use crate::hash::{empty_root, node_hash, Hash};
 use crate::FormatError;
 
@@ -48,12 +49,6 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
             level[0]
         }
     }
-}
-
-/// The level above `level`: each pair hashed, an odd node at the end promoted unchanged
-/// (the pairs hashed side by side, [`crate::hash::many::parent_level`]).
-fn parent_level(level: &[Hash]) -> Vec<Hash> {
-    crate::hash::many::parent_level(level)
 }
 
 /// Every level of the tree over some leaf hashes, bottom-up: node `i` of level `k` is the

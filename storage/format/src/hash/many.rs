@@ -174,35 +174,15 @@ pub fn leaf_hashes_of<D: AsRef<[u8]>>(leaves: &[D]) -> Vec<Hash> {
 /// The level above `level` of an RFC 9162 tree built bottom-up: `H(0x01 || l || r)` of each
 /// pair, an odd node at the end promoted unchanged.
 pub fn parent_level(level: &[Hash]) -> Vec<Hash> {
-    let pairs = level.len() / 2;
-    let platform = Platform::detect();
+    // A pair's message `l || r` is 64 contiguous bytes of the level.
+    let pairs = level.as_flattened();
     let mut out = Vec::with_capacity(level.len().div_ceil(2));
-    // A node's message is 65 bytes: one full block (0x01, l, r[..31]) then r[31] alone.
-    let mut lead: Vec<u8> = Vec::with_capacity(GROUP_MAX.min(pairs) * BLOCK);
-    let mut cvs: Vec<u8> = Vec::new();
-    let mut start = 0;
-    while start < pairs {
-        let end = (start + GROUP_MAX).min(pairs);
-        lead.clear();
-        for p in start..end {
-            lead.push(Domain::Node as u8);
-            lead.extend_from_slice(&level[2 * p]);
-            lead.extend_from_slice(&level[2 * p + 1][..31]);
-        }
-        cvs.clear();
-        cvs.resize((end - start) * 32, 0);
-        lead_many::<BLOCK>(platform, &lead, end - start, &mut cvs);
-        for (k, p) in (start..end).enumerate() {
-            let cv: &[u8; 32] = cvs[k * 32..k * 32 + 32].try_into().expect("32 bytes");
-            out.push(finish(
-                platform,
-                words_from_le_bytes_32(cv),
-                &level[2 * p + 1][31..],
-                false,
-            ));
-        }
-        start = end;
-    }
+    hash_domain_many(
+        Domain::Node,
+        level.len() / 2,
+        |p| &pairs[p * 64..p * 64 + 64],
+        &mut out,
+    );
     if level.len() % 2 == 1 {
         out.push(level[level.len() - 1]);
     }
