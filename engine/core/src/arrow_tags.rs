@@ -130,7 +130,7 @@ impl TagTuples {
         // Per column: each value's dictionary key, and the values in key order.
         let mut interned: Vec<HashMap<&str, i32>> = vec![HashMap::new(); width];
         let mut dict_values: Vec<Vec<&str>> = vec![Vec::new(); width];
-        // Each tuple's key per column (-1 for null).
+        // Each tuple's key per column (0 for null: the null buffer hides it).
         let mut tuple_keys: Vec<i32> = Vec::new();
         let mut tuple_of: Vec<u32> = Vec::with_capacity(n);
         let mut keys: Vec<Vec<i32>> = vec![Vec::with_capacity(n); width];
@@ -168,7 +168,7 @@ impl TagTuples {
                 chain.push(heads.insert(h, t as u32).unwrap_or(CHAIN_END));
                 for c in 0..width {
                     let key = match value(c, row) {
-                        None => -1,
+                        None => 0,
                         Some(v) => *interned[c].entry(v).or_insert_with(|| {
                             dict_values[c].push(v);
                             (dict_values[c].len() - 1) as i32
@@ -179,9 +179,8 @@ impl TagTuples {
                 t
             };
             tuple_of.push(t as u32);
-            for (c, k) in keys.iter_mut().enumerate() {
-                // A null row's key is never read; 0 keeps it in range.
-                k.push(tuple_keys[t * width + c].max(0));
+            for (k, &key) in keys.iter_mut().zip(&tuple_keys[t * width..(t + 1) * width]) {
+                k.push(key);
             }
         }
 
@@ -190,17 +189,19 @@ impl TagTuples {
             .zip(keys)
             .zip(dict_values)
             .zip(nulls)
-            .map(|(((input, keys), dict), nulls)| {
+            .enumerate()
+            .map(|(c, (((input, keys), dict), nulls))| {
                 if dict.is_empty() {
                     // Null in every row: nothing to index.
                     return Ok(input.clone());
                 }
                 let values: ArrayRef = Arc::new(StringArray::from_iter_values(dict));
                 let keys = Int32Array::new(keys.into(), nulls);
-                Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values)?) as ArrayRef)
+                DictionaryArray::<Int32Type>::try_new(keys, values)
+                    .map(|d| Arc::new(d) as ArrayRef)
+                    .map_err(|e| (c, e))
             })
-            .collect::<Result<Vec<_>, ArrowError>>()
-            .map_err(|e| (0, e))?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(TagTuples {
             columns,
             tuple_of,
