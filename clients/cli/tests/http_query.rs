@@ -546,9 +546,12 @@ fn a_failure_while_running_gets_its_status_or_aborts_the_response() {
     let (_d, s) = start(&[]);
     write(&s, "fleet", LINES);
     // Fails on the row with value `bad`, after `batch_size`-row batches before it went out.
+    // One partition: with two, a round-robin repartition lets the failing batch be computed
+    // (and its error delivered) while earlier batches are still waiting to be sent.
     let failing = |rows: u64, bad: u64| {
         format!(
             "SET datafusion.execution.batch_size = 100; \
+             SET datafusion.execution.target_partitions = 1; \
              SELECT CAST(CASE WHEN value < {bad} THEN '1' ELSE 'x' END AS INT) AS v \
              FROM generate_series(1, {rows})"
         )
