@@ -77,6 +77,11 @@ pub fn encode_request(
     }
 }
 
+/// Bytes of the rows record [`encode_rows`] writes for `count` rows of `row_bytes` bytes in all.
+pub fn rows_record_len(count: usize, row_bytes: usize) -> usize {
+    1 + std::mem::size_of::<BranchId>() + 8 + 4 + 4 + 4 * count + row_bytes
+}
+
 /// Appends a rows record to `out` for `rows` (each a canonical encoding).
 pub fn encode_rows<'r>(
     out: &mut Vec<u8>,
@@ -207,6 +212,7 @@ mod tests {
         let mut out = Vec::new();
         let rows: Vec<&[u8]> = vec![b"abc", b"", b"defg"];
         encode_rows(&mut out, &[7; 16], 3, 10, rows.iter().copied());
+        assert_eq!(out.len(), rows_record_len(3, 7));
         assert_eq!(
             decode(&out).unwrap(),
             WalRecord::Rows {

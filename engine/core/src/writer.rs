@@ -426,15 +426,19 @@ impl Writer {
                 take /= 2;
             }
             let first_index = blk.rows() as u32;
-            self.buf.clear();
-            walrec::encode_rows(
-                &mut self.buf,
-                &st.branch,
-                blk.height,
-                first_index,
-                (off..off + take).map(|i| chunk.encoding(i)),
-            );
-            self.wal.append(&self.buf).map_err(EngineError::storage)?;
+            // Encoded straight into the WAL's buffer: the rows are the bulk of what is written.
+            let row_bytes = chunk.offsets[off + take] as usize - start;
+            self.wal
+                .append_with(walrec::rows_record_len(take, row_bytes), |buf| {
+                    walrec::encode_rows(
+                        buf,
+                        &st.branch,
+                        blk.height,
+                        first_index,
+                        (off..off + take).map(|i| chunk.encoding(i)),
+                    )
+                })
+                .map_err(EngineError::storage)?;
             let rows_batch = chunk.batch.slice(off, take);
             blk.mem.push(rows_batch.clone());
             if self

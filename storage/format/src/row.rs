@@ -344,14 +344,46 @@ impl ColumnPrefix {
     #[inline]
     pub fn write(&self, enc: &mut [u8], at: usize, value: &[u8]) -> usize {
         let mut at = at;
-        enc[at..at + self.bytes.len()].copy_from_slice(&self.bytes);
+        put_short(&mut enc[at..], &self.bytes);
         at += self.bytes.len();
         if self.sized {
             enc[at..at + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
             at += 4;
         }
-        enc[at..at + value.len()].copy_from_slice(value);
+        put_short(&mut enc[at..], value);
         at + value.len()
+    }
+}
+
+/// Copies `src` to the start of `dst` (at least as long). Column names and tag values are
+/// mostly under 32 bytes, and a row has a dozen or more of them: a slice of up to 32 bytes is
+/// copied as two overlapping fixed-size pieces, which compile to a few moves in place, rather
+/// than through a call to `memcpy` (a tenth of the time of preparing a record batch went to
+/// those calls).
+#[inline(always)]
+fn put_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    let dst = &mut dst[..n];
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        8..=15 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        16..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[n - 16..].copy_from_slice(&src[n - 16..]);
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -435,6 +467,17 @@ pub fn row_leaf_hash(encoding: &[u8]) -> Hash {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn put_short_copies_exactly_the_slice_for_every_length() {
+        for n in 0..=80usize {
+            let src: Vec<u8> = (0..n).map(|i| i as u8 ^ 0xa5).collect();
+            let mut dst = vec![0xeeu8; n + 8];
+            put_short(&mut dst, &src);
+            assert_eq!(&dst[..n], &src[..], "length {n}");
+            assert!(dst[n..].iter().all(|&b| b == 0xee), "length {n}: wrote past the end");
+        }
+    }
 
     fn value_strategy() -> impl Strategy<Value = OwnedValue> {
         prop_oneof![
