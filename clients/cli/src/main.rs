@@ -22,12 +22,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than the system allocator: ingest allocates and frees a few large buffers per
-/// batch on many threads, where glibc's allocator spent several percent of server CPU in
-/// `_int_malloc` and chunk consolidation (docs/PERFORMANCE.md, run 9).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "annals",
