@@ -230,11 +230,14 @@ fn write_arrow(
     common::submit_and_wait(engine, prepared)
 }
 
+/// A stored row's `(height, index, encoding)`.
+type Placed = (u64, u32, Vec<u8>);
+
 /// Every stored row grouped by branch, each branch as its `(height, index, encoding)` rows,
 /// the branches in a canonical order. Branch ids hash the node key, so two engines name the
 /// same branch differently; what must agree is which rows share a branch and where they sit.
-fn ledger_by_branch(dir: &std::path::Path) -> Vec<(String, Vec<(u64, u32, Vec<u8>)>)> {
-    let mut by: BTreeMap<String, Vec<(u64, u32, Vec<u8>)>> = BTreeMap::new();
+fn ledger_by_branch(dir: &std::path::Path) -> Vec<(String, Vec<Placed>)> {
+    let mut by: BTreeMap<String, Vec<Placed>> = BTreeMap::new();
     let mut tables: HashMap<String, String> = HashMap::new();
     for r in ledger(dir).into_values() {
         tables.insert(r.branch.clone(), r.table.clone());
@@ -242,7 +245,7 @@ fn ledger_by_branch(dir: &std::path::Path) -> Vec<(String, Vec<(u64, u32, Vec<u8
             .or_default()
             .push((r.height, r.index, r.encoding));
     }
-    let mut out: Vec<(String, Vec<(u64, u32, Vec<u8>)>)> = by
+    let mut out: Vec<(String, Vec<Placed>)> = by
         .into_iter()
         .map(|(b, mut rows)| {
             rows.sort();

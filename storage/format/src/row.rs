@@ -475,7 +475,10 @@ mod tests {
             let mut dst = vec![0xeeu8; n + 8];
             put_short(&mut dst, &src);
             assert_eq!(&dst[..n], &src[..], "length {n}");
-            assert!(dst[n..].iter().all(|&b| b == 0xee), "length {n}: wrote past the end");
+            assert!(
+                dst[n..].iter().all(|&b| b == 0xee),
+                "length {n}: wrote past the end"
+            );
         }
     }
 

@@ -186,7 +186,8 @@ impl std::fmt::Debug for BlockFileWriter {
 /// Tag columns (dictionary-encoded) get no statistics. A branch holds every series of its
 /// shard, so a block's or a page's smallest and largest tag values span nearly all of them
 /// and prune nothing (annals prunes tags with each block's tag filter instead), while
-/// computing them compared every tag value twice: a sixth of the sealer's time on TSBS rows.
+/// computing them compared every tag value twice: about a tenth of the sealer's time on TSBS
+/// rows.
 fn writer_properties(block_rows_max: usize, schema: &Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_write_batch_size(PAGE_ROWS)
@@ -788,9 +789,18 @@ mod tests {
         ]));
         let props = writer_properties(1000, &schema);
         let path = |c: &str| ColumnPath::new(vec![c.to_owned()]);
-        assert_eq!(props.statistics_enabled(&path("truck")), EnabledStatistics::None);
-        assert_eq!(props.statistics_enabled(&path("speed")), EnabledStatistics::Page);
-        assert_eq!(props.statistics_enabled(&path(TIME_COLUMN)), EnabledStatistics::Page);
+        assert_eq!(
+            props.statistics_enabled(&path("truck")),
+            EnabledStatistics::None
+        );
+        assert_eq!(
+            props.statistics_enabled(&path("speed")),
+            EnabledStatistics::Page
+        );
+        assert_eq!(
+            props.statistics_enabled(&path(TIME_COLUMN)),
+            EnabledStatistics::Page
+        );
 
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -812,11 +822,17 @@ mod tests {
         let data = bytes::Bytes::from(out);
         let file = SerializedFileReader::new(data.clone()).unwrap();
         let rg = file.metadata().row_group(0);
-        assert!(rg.column(1).statistics().is_none(), "tag column has statistics");
+        assert!(
+            rg.column(1).statistics().is_none(),
+            "tag column has statistics"
+        );
         let time = rg.column(0).statistics().expect("time statistics");
         assert_eq!(time.min_bytes_opt(), Some(&1i64.to_le_bytes()[..]));
         assert_eq!(time.max_bytes_opt(), Some(&3i64.to_le_bytes()[..]));
-        assert!(rg.column(2).statistics().is_some(), "field column lacks statistics");
+        assert!(
+            rg.column(2).statistics().is_some(),
+            "field column lacks statistics"
+        );
         // The rows themselves read back unchanged.
         let mut back = ParquetRecordBatchReaderBuilder::try_new(data)
             .unwrap()

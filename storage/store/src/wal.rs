@@ -838,7 +838,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(segments(a.path()), segments(b.path()));
-        assert_eq!(payloads(&collect(b.path(), &cfg).unwrap().0), (0..200).map(payload).collect::<Vec<_>>());
+        assert_eq!(
+            payloads(&collect(b.path(), &cfg).unwrap().0),
+            (0..200).map(payload).collect::<Vec<_>>()
+        );
     }
 
     #[test]

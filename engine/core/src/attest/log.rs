@@ -180,10 +180,7 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 pub fn read_records(bytes: &[u8]) -> (Vec<AttestRecord>, usize) {
     let mut out = Vec::new();
     let mut at = MAGIC.len();
-    loop {
-        let Some(head) = bytes.get(at..at + FRAME_HEADER) else {
-            break;
-        };
+    while let Some(head) = bytes.get(at..at + FRAME_HEADER) {
         let len: [u8; 4] = head[..4].try_into().expect("4 bytes");
         let n = u32::from_le_bytes(len) as usize;
         let sum = u64::from_le_bytes(head[4..].try_into().expect("8 bytes"));

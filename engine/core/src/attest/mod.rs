@@ -236,11 +236,14 @@ pub fn line_without_time(body: &[u8], precision: annals_lp::Precision) -> Option
     }
 }
 
+/// (record, its run, the run's first position in the batch).
+type RunAt = (u32, u32, u32);
+
 #[derive(Debug, Default)]
 struct Index {
     records: Vec<Arc<AttestRecord>>,
-    /// `(branch, height)` → (record, its run, the run's first position in the batch).
-    by_block: HashMap<(BranchId, u64), Vec<(u32, u32, u32)>>,
+    /// `(branch, height)` → every run of a record in that block.
+    by_block: HashMap<(BranchId, u64), Vec<RunAt>>,
 }
 
 impl Index {

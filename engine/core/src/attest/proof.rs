@@ -1,6 +1,7 @@
 //! The `attestation` member of a row's proof: the row's position in its signed batch and the
 //! batch tree's inclusion path, assembled from the blocks that hold the batch's rows.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -90,19 +91,20 @@ fn assemble(
         let hashes: &[Hash] = if own {
             leaves
         } else {
-            let k = (run.branch, run.height);
-            if !blocks.contains_key(&k) {
-                let read = read_block(snap, &run.branch, run.height)?.ok_or_else(|| {
-                    ProofError::Corrupt(format!(
-                        "{}: block {} of branch {} holding its rows is gone",
-                        what(),
-                        run.height,
-                        to_hex(&run.branch)
-                    ))
-                })?;
-                blocks.insert(k, leaf_hashes_of(&read.encodings));
+            match blocks.entry((run.branch, run.height)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let read = read_block(snap, &run.branch, run.height)?.ok_or_else(|| {
+                        ProofError::Corrupt(format!(
+                            "{}: block {} of branch {} holding its rows is gone",
+                            what(),
+                            run.height,
+                            to_hex(&run.branch)
+                        ))
+                    })?;
+                    e.insert(leaf_hashes_of(&read.encodings))
+                }
             }
-            &blocks[&k]
         };
         let slice = hashes.get(range).ok_or_else(|| {
             ProofError::Corrupt(format!(
