@@ -33,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size of `serve`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node.

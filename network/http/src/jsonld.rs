@@ -259,7 +259,7 @@ fn graph_head(doc: &str) -> Vec<u8> {
         matches!(&parsed, Some(Value::Object(m)) if m.len() == 1 && m.contains_key("@context"));
     let mut out = Vec::with_capacity(doc.len() + 16);
     if only_context && trimmed.ends_with('}') {
-        out.extend_from_slice(trimmed[..trimmed.len() - 1].as_bytes());
+        out.extend_from_slice(&trimmed.as_bytes()[..trimmed.len() - 1]);
     } else {
         let ctx = parsed
             .as_ref()
