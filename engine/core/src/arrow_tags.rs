@@ -232,6 +232,10 @@ mod tests {
             .collect()
     }
 
+    fn owned(v: &[Option<&str>]) -> Vec<Option<String>> {
+        v.iter().map(|s| s.map(str::to_owned)).collect()
+    }
+
     #[test]
     fn rows_with_the_same_tags_share_a_tuple() {
         let a: ArrayRef = Arc::new(StringArray::from(vec![
@@ -254,26 +258,14 @@ mod tests {
         assert_eq!(t.count(), 4);
         assert_eq!(
             strings(&t.columns[0]),
-            vec![
-                Some("x".into()),
-                Some("y".into()),
-                Some("x".into()),
-                None,
-                Some("x".into())
-            ]
+            owned(&[Some("x"), Some("y"), Some("x"), None, Some("x")])
         );
         assert_eq!(t.columns[0].null_count(), 1);
         let d = t.columns[1].as_dictionary::<Int32Type>();
         assert_eq!(d.values().len(), 2, "each value once");
         assert_eq!(
             strings(&t.columns[1]),
-            vec![
-                Some("1".into()),
-                Some("1".into()),
-                Some("1".into()),
-                Some("1".into()),
-                Some("2".into())
-            ]
+            owned(&[Some("1"), Some("1"), Some("1"), Some("1"), Some("2")])
         );
     }
 
@@ -312,7 +304,7 @@ mod tests {
         assert_eq!(t.tuple_of, vec![0, 1, 2, 0]);
         assert_eq!(
             strings(&t.columns[0]),
-            vec![Some("q".into()), Some("p".into()), None, Some("q".into())]
+            owned(&[Some("q"), Some("p"), None, Some("q")])
         );
     }
 

@@ -192,11 +192,34 @@ pub(crate) fn frame_checksum(len: u32, payload: &[u8]) -> u64 {
 
 /// Appends one frame holding `payload` to `out`. The caller bounds `payload.len()`.
 pub(crate) fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("frame payload longer than u32::MAX");
-    out.reserve(FRAME_HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&frame_checksum(len, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    put_frame_with(out, payload.len(), |o| o.extend_from_slice(payload));
+}
+
+/// Appends one frame whose payload of `payload_len` bytes `write` appends to `out` itself (no
+/// copy of a payload built elsewhere); the header is filled in after. The caller bounds
+/// `payload_len`.
+///
+/// # Panics
+/// If `write` appends other than exactly `payload_len` bytes; the frame is cut from `out`
+/// first, so nothing malformed is left behind.
+pub(crate) fn put_frame_with(
+    out: &mut Vec<u8>,
+    payload_len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    let len = u32::try_from(payload_len).expect("frame payload longer than u32::MAX");
+    let start = out.len();
+    out.reserve(FRAME_HEADER_LEN + payload_len);
+    out.resize(start + FRAME_HEADER_LEN, 0);
+    write(out);
+    let written = out.len() - start - FRAME_HEADER_LEN;
+    if written != payload_len {
+        out.truncate(start);
+        panic!("frame payload of {written} bytes where {payload_len} were announced");
+    }
+    let sum = frame_checksum(len, &out[start + FRAME_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + FRAME_HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
 }
 
 /// Checks that `frame` is exactly one valid frame and returns its payload (read-back check for

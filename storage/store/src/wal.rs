@@ -50,9 +50,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{
-    self, classify_tail, frame_checksum, FrameRead, FrameReader, TailVerdict, FRAME_HEADER_LEN,
-};
+use crate::fsutil::{self, classify_tail, FrameRead, FrameReader, TailVerdict, FRAME_HEADER_LEN};
 
 /// Segment header magic.
 pub const WAL_MAGIC: [u8; 8] = *b"ANNALWAL";
@@ -518,19 +516,9 @@ impl Wal {
             let r = self.rotate();
             self.poison_on_err(r)?;
         }
-        let start = self.buf.len();
-        self.buf.reserve(frame_len as usize);
-        self.buf.resize(start + FRAME_HEADER_LEN, 0);
-        write(&mut self.buf);
-        let written = self.buf.len() - start - FRAME_HEADER_LEN;
-        if written != payload_len {
-            self.buf.truncate(start);
-            panic!("WAL frame payload of {written} bytes where {payload_len} were announced");
-        }
-        let len = payload_len as u32;
-        let sum = frame_checksum(len, &self.buf[start + FRAME_HEADER_LEN..]);
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.buf[start + 4..start + FRAME_HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        let before = self.buf.len();
+        fsutil::put_frame_with(&mut self.buf, payload_len, write);
+        debug_assert_eq!((self.buf.len() - before) as u64, frame_len);
         if self.buf.len() >= self.cfg.buffer_bytes_max {
             let r = self.write_buffer();
             self.poison_on_err(r)?;
