@@ -3,6 +3,7 @@
 //! [`many`] hashes a batch of rows (or one level of Merkle nodes) at once, using the SIMD lanes
 //! across messages; the functions here hash one message.
 
+mod lanes;
 pub mod many;
 
 /// A 32-byte BLAKE3 output.

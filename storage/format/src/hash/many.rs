@@ -5,20 +5,22 @@
 //! width of the machine unused: BLAKE3's own parallelism is across chunks of one long input.
 //! Here the *independent* messages of a batch share the vector lanes instead (16 at once with
 //! AVX-512, 8 with AVX2, 4 with SSE4.1; the portable code otherwise): every full block but the
-//! last of each message goes through `hash_many`, then the last block, which is the only one
-//! that may be partial and carries the `CHUNK_END | ROOT` flags, is compressed per message.
+//! last of each message goes through `hash_many`, then the last blocks, which may be partial
+//! and carry the `CHUNK_END | ROOT` flags, are compressed [`super::lanes::LANES`] at a time
+//! by [`super::lanes::Tails`].
 //! The output is exactly `blake3::hash` of each message; the tests compare them for every
 //! length up to two chunks and for random batches.
 //!
-//! `hash_many` and `compress_in_place` come from `blake3::platform`, which the blake3 crate
+//! `hash_many` comes from `blake3::platform`, which the blake3 crate
 //! documents as unstable. The workspace pins blake3 to one exact version for that reason, and
 //! the tests here fail on any difference from `blake3::hash`, so an upgrade that changes the
 //! module cannot go unnoticed. Messages longer than one chunk (1024 bytes) take the ordinary
 //! hasher.
 
-use blake3::platform::{le_bytes_from_words_32, words_from_le_bytes_32, Platform};
+use blake3::platform::{words_from_le_bytes_32, Platform};
 use blake3::IncrementCounter;
 
+use super::lanes::{Tails, IV};
 use super::{Domain, Hash};
 
 /// BLAKE3 block length in bytes.
@@ -29,17 +31,6 @@ const CHUNK: usize = 1024;
 const CHUNK_START: u8 = 1;
 const CHUNK_END: u8 = 2;
 const ROOT: u8 = 8;
-/// BLAKE3's initial chaining value (the SHA-256 IV, as the specification fixes it).
-const IV: [u32; 8] = [
-    0x6A09_E667,
-    0xBB67_AE85,
-    0x3C6E_F372,
-    0xA54F_F53A,
-    0x510E_527F,
-    0x9B05_688C,
-    0x1F83_D9AB,
-    0x5BE0_CD19,
-];
 /// Messages per `hash_many` call: their leading blocks stay in cache while hashed.
 const GROUP_MAX: usize = 256;
 /// Full leading blocks a one-chunk message can have (its last block is compressed apart).
@@ -79,17 +70,6 @@ fn lead_dispatch(platform: Platform, blocks: usize, lead: &[u8], count: usize, c
     dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
 }
 
-/// Compresses the last block `tail` (1..=64 bytes; empty only for the empty message) onto the
-/// chaining value `cv` and returns the root hash.
-fn finish(platform: Platform, mut cv: [u32; 8], tail: &[u8], first: bool) -> Hash {
-    debug_assert!(tail.len() <= BLOCK);
-    let mut block = [0u8; BLOCK];
-    block[..tail.len()].copy_from_slice(tail);
-    let flags = CHUNK_END | ROOT | if first { CHUNK_START } else { 0 };
-    platform.compress_in_place(&mut cv, &block, tail.len() as u8, 0, flags);
-    le_bytes_from_words_32(&cv)
-}
-
 /// `H(domain || message)` for every message `get(i)`, `i < count`, into `out` in order.
 ///
 /// Messages are grouped by how many full leading blocks they have, so one `hash_many` call
@@ -118,13 +98,17 @@ fn hash_domain_many<'m>(
             classes[(total - 1) / BLOCK].push(i as u32);
         }
     }
+    let out = &mut out[base..];
+    // Last blocks, compressed a vector of messages at a time.
+    let mut tails = Tails::new();
     // No full leading block: the message is its last block.
     let mut one = [0u8; BLOCK];
     for &i in &classes[0] {
         let m = get(i as usize);
         one[0] = domain as u8;
         one[1..=m.len()].copy_from_slice(m);
-        out[base + i as usize] = finish(platform, IV, &one[..=m.len()], true);
+        let flags = CHUNK_START | CHUNK_END | ROOT;
+        tails.push(&IV, &one[..=m.len()], flags, i as usize, out);
     }
     let mut lead: Vec<u8> = Vec::new();
     let mut cvs: Vec<u8> = Vec::new();
@@ -144,11 +128,12 @@ fn hash_domain_many<'m>(
             for (k, &i) in group.iter().enumerate() {
                 let m = get(i as usize);
                 let cv: &[u8; 32] = cvs[k * 32..k * 32 + 32].try_into().expect("32 bytes");
-                out[base + i as usize] =
-                    finish(platform, words_from_le_bytes_32(cv), &m[n - 1..], false);
+                let cv = words_from_le_bytes_32(cv);
+                tails.push(&cv, &m[n - 1..], CHUNK_END | ROOT, i as usize, out);
             }
         }
     }
+    tails.flush(out);
 }
 
 /// Appends `H(0x00 || row)` of each row to `out`, row `i` being `enc[offsets[i]..offsets[i + 1]]`
