@@ -238,8 +238,8 @@ mod tests {
     fn every_compiled_form_gives_the_same_words() {
         let mut t = Tails::new();
         for l in 0..LANES {
-            for w in 0..8 {
-                t.cv[w][l] = (l * 31 + w * 7) as u32 ^ IV[w];
+            for (w, iv) in IV.iter().enumerate() {
+                t.cv[w][l] = (l * 31 + w * 7) as u32 ^ iv;
             }
             for w in 0..16 {
                 t.block[w][l] = ((l + 1) * (w + 3) * 0x9E37_79B9) as u32;
