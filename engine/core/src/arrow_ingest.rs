@@ -60,7 +60,7 @@ use crate::catalog::{Catalog, SchemaError, TableSchema};
 use crate::engine::Engine;
 use crate::error::{EngineError, WriteError};
 use crate::prepare::{
-    series_hash, validate_db, Chunk, ChunkOrigin, PrepareOptions, Prepared, ShardPart,
+    series_hash, validate_db, Chunk, ChunkOrigin, Prehashed, PrepareOptions, Prepared, ShardPart,
 };
 
 /// Most rows one batch may carry (a Flight client sends larger inputs as several batches).
@@ -488,7 +488,7 @@ struct ShardRows {
     cursor: Vec<usize>,
     leaf_hashes: Vec<Hash>,
     times: Vec<i64>,
-    newest: HashMap<u64, (i64, u32)>,
+    newest: HashMap<u64, (i64, u32), Prehashed>,
 }
 
 impl ShardRows {
@@ -502,7 +502,7 @@ impl ShardRows {
             cursor: Vec::new(),
             leaf_hashes: Vec::with_capacity(cap),
             times: Vec::with_capacity(cap),
-            newest: HashMap::new(),
+            newest: HashMap::default(),
         }
     }
 }
@@ -680,16 +680,21 @@ pub fn prepare_arrow(
             )
         })
         .collect();
+    // The newest row of each tuple, then of each series: the greatest (time, position), so a
+    // later row with the same time wins, as in line protocol.
+    let mut newest_of_tuple: Vec<(i64, u32)> = vec![(i64::MIN, 0); tuple_series.len()];
     for (row, &time) in times.iter().enumerate() {
-        let series = tuple_series[tuples.tuple_of[row] as usize];
-        let s = &mut out[(series % shards as u64) as usize];
+        let t = tuples.tuple_of[row] as usize;
+        let s = &mut out[(tuple_series[t] % shards as u64) as usize];
         let at = s.rows.len() as u32;
         s.rows.push(row as u32);
         s.times.push(time);
-        let e = s.newest.entry(series).or_insert((time, at));
-        if time >= e.0 {
-            *e = (time, at);
-        }
+        newest_of_tuple[t] = newest_of_tuple[t].max((time, at));
+    }
+    for (&series, &newest) in tuple_series.iter().zip(&newest_of_tuple) {
+        let s = &mut out[(series % shards as u64) as usize];
+        let e = s.newest.entry(series).or_insert(newest);
+        *e = (*e).max(newest);
     }
 
     // Canonical encodings, a column at a time (`annals_format::row::RowHead` and

@@ -9,11 +9,15 @@
 //! (`crate::prepare::series_hash`), which depends only on the table and the tags, is computed
 //! once per tuple by the caller.
 //!
-//! Tuples are told apart by their bytes, not by their hash alone: two tuples whose hashes
-//! collide stay two tuples (a chain of tuples per hash).
+//! When every tag column comes as a dictionary (pyarrow's `dictionary_encode`, categorical
+//! columns), a row's dictionary keys name its tuple without a string being read: each distinct
+//! tuple of keys is looked up once as tag bytes, since two keys of one column may hold the same
+//! value (several key tuples can then share one tuple).
+//!
+//! Tuples (and key tuples) are told apart by their bytes, not by their hash alone: two whose
+//! hashes collide stay two (a chain per hash, [`ByteSet`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array, StringArray};
@@ -23,25 +27,43 @@ use arrow::datatypes::{DataType, Int32Type};
 use arrow::error::ArrowError;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::prepare::Prehashed;
+
 /// No tuple follows in a hash chain.
 const CHAIN_END: u32 = u32::MAX;
 
-/// A `u64` that is already a good hash (xxh3) keys the map as it is.
-#[derive(Debug, Default, Clone, Copy)]
-struct Prehashed(u64);
+/// Distinct byte strings, numbered in order of insertion, found by a hash given with them.
+/// Strings whose hashes collide stay apart: each hash heads a chain of the strings with it.
+#[derive(Default)]
+struct ByteSet {
+    heads: HashMap<u64, u32, Prehashed>,
+    /// The next string with the same hash, per string.
+    chain: Vec<u32>,
+    bytes: Vec<u8>,
+    /// Where each string starts in `bytes`, and one past the last.
+    bounds: Vec<usize>,
+}
 
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed with it; fold anything else in rather than panic.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+impl ByteSet {
+    /// The number of `s` (whose hash is `h`), and whether it was inserted just now.
+    fn find_or_insert(&mut self, h: u64, s: &[u8]) -> (u32, bool) {
+        if self.bounds.is_empty() {
+            self.bounds.push(0);
         }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        let mut at = self.heads.get(&h).copied().unwrap_or(CHAIN_END);
+        while at != CHAIN_END {
+            let i = at as usize;
+            if &self.bytes[self.bounds[i]..self.bounds[i + 1]] == s {
+                return (at, false);
+            }
+            at = self.chain[i];
+        }
+        let i = self.chain.len() as u32;
+        self.bytes.extend_from_slice(s);
+        self.bounds.push(self.bytes.len());
+        self.chain
+            .push(self.heads.insert(h, i).unwrap_or(CHAIN_END));
+        (i, true)
     }
 }
 
@@ -120,12 +142,33 @@ impl TagTuples {
             })
         };
         let width = inputs.len();
+        // A row's tag bytes: per column 0 for null, or 1, length and value.
+        let tag_bytes = |row: usize, out: &mut Vec<u8>| {
+            out.clear();
+            for c in 0..width {
+                match value(c, row) {
+                    None => out.push(0),
+                    Some(v) => {
+                        out.push(1);
+                        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+            }
+        };
+        // When every column is a dictionary, a row's keys (u32::MAX for null) name its tuple
+        // without reading a string: only a key tuple not seen before is read as tag bytes (two
+        // keys of one column may hold the same value, so key tuples map to tuples, not 1:1).
+        let dict_keys: Option<Vec<(&[i32], Option<&NullBuffer>)>> = values
+            .iter()
+            .zip(&nulls)
+            .map(|(v, n)| match v {
+                Values::Dict(keys, _) => Some((*keys, n.as_ref())),
+                Values::Plain(_) => None,
+            })
+            .collect();
 
-        // Each tuple's bytes (per column: 0 for null, or 1, length and value), its hash chain.
-        let mut heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>> = HashMap::default();
-        let mut chain: Vec<u32> = Vec::new();
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut bounds: Vec<usize> = vec![0];
+        let mut tuples = ByteSet::default();
         let mut first_row: Vec<u32> = Vec::new();
         // Per column: each value's dictionary key, and the values in key order.
         let mut interned: Vec<HashMap<&str, i32>> = vec![HashMap::new(); width];
@@ -133,39 +176,12 @@ impl TagTuples {
         // Each tuple's key per column (0 for null: the null buffer hides it).
         let mut tuple_keys: Vec<i32> = Vec::new();
         let mut tuple_of: Vec<u32> = Vec::with_capacity(n);
-        let mut keys: Vec<Vec<i32>> = vec![Vec::with_capacity(n); width];
-
-        let mut row_bytes: Vec<u8> = Vec::with_capacity(256);
-        for row in 0..n {
-            row_bytes.clear();
-            for c in 0..width {
-                match value(c, row) {
-                    None => row_bytes.push(0),
-                    Some(v) => {
-                        row_bytes.push(1);
-                        row_bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                        row_bytes.extend_from_slice(v.as_bytes());
-                    }
-                }
-            }
-            let h = hash(&row_bytes);
-            let mut at = heads.get(&h).copied().unwrap_or(CHAIN_END);
-            while at != CHAIN_END {
-                let t = at as usize;
-                if bytes[bounds[t]..bounds[t + 1]] == row_bytes[..] {
-                    break;
-                }
-                at = chain[t];
-            }
-            let t = if at != CHAIN_END {
-                at as usize
-            } else {
-                // A new tuple: its values join their columns' dictionaries.
-                let t = first_row.len();
-                bytes.extend_from_slice(&row_bytes);
-                bounds.push(bytes.len());
+        // The tuple of `row`, numbering it (and interning its values) when it is new.
+        let mut tuple_at = |row: usize, row_bytes: &mut Vec<u8>| -> u32 {
+            tag_bytes(row, row_bytes);
+            let (t, new) = tuples.find_or_insert(hash(row_bytes), row_bytes);
+            if new {
                 first_row.push(row as u32);
-                chain.push(heads.insert(h, t as u32).unwrap_or(CHAIN_END));
                 for c in 0..width {
                     let key = match value(c, row) {
                         None => 0,
@@ -176,13 +192,49 @@ impl TagTuples {
                     };
                     tuple_keys.push(key);
                 }
-                t
-            };
-            tuple_of.push(t as u32);
-            for (k, &key) in keys.iter_mut().zip(&tuple_keys[t * width..(t + 1) * width]) {
-                k.push(key);
+            }
+            t
+        };
+
+        let mut row_bytes: Vec<u8> = Vec::with_capacity(256);
+        match dict_keys {
+            Some(dict_keys) => {
+                let mut key_tuples = ByteSet::default();
+                let mut key_tuple_to_tuple: Vec<u32> = Vec::new();
+                let mut key_bytes: Vec<u8> = Vec::with_capacity(4 * width);
+                for row in 0..n {
+                    key_bytes.clear();
+                    for (keys, nulls) in &dict_keys {
+                        let k = if nulls.is_some_and(|b| b.is_null(row)) {
+                            u32::MAX
+                        } else {
+                            keys[row] as u32
+                        };
+                        key_bytes.extend_from_slice(&k.to_le_bytes());
+                    }
+                    let (k, new) = key_tuples.find_or_insert(hash(&key_bytes), &key_bytes);
+                    if new {
+                        key_tuple_to_tuple.push(tuple_at(row, &mut row_bytes));
+                    }
+                    tuple_of.push(key_tuple_to_tuple[k as usize]);
+                }
+            }
+            None => {
+                for row in 0..n {
+                    let t = tuple_at(row, &mut row_bytes);
+                    tuple_of.push(t);
+                }
             }
         }
+        // Each column's keys: its key in the row's tuple.
+        let keys: Vec<Vec<i32>> = (0..width)
+            .map(|c| {
+                tuple_of
+                    .iter()
+                    .map(|&t| tuple_keys[t as usize * width + c])
+                    .collect()
+            })
+            .collect();
 
         let columns = normalized
             .iter()
@@ -333,6 +385,72 @@ mod tests {
                 strings(&t.columns[0]),
                 vals.iter().map(|v| Some(v.clone())).collect::<Vec<_>>()
             );
+        }
+    }
+
+    /// The same column as `Utf8` and as a dictionary whose values repeat (keys 2k and 2k + 1
+    /// name the same string) and include a null value.
+    fn plain_and_dict(vals: &[Option<String>]) -> (ArrayRef, ArrayRef) {
+        let plain: ArrayRef = Arc::new(StringArray::from(vals.to_vec()));
+        let mut distinct: Vec<&str> = vals.iter().flatten().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // Values: each distinct string twice, then a null value.
+        let mut dict_values: Vec<Option<&str>> =
+            distinct.iter().flat_map(|v| [Some(*v), Some(*v)]).collect();
+        dict_values.push(None);
+        let null_value = (dict_values.len() - 1) as i32;
+        let keys: Vec<Option<i32>> = vals
+            .iter()
+            .enumerate()
+            .map(|(r, v)| match v {
+                // Nulls both ways: a null key, or a key to the null value.
+                None if r % 2 == 0 => None,
+                None => Some(null_value),
+                Some(v) => {
+                    let k = distinct.binary_search(&v.as_str()).unwrap() as i32;
+                    Some(2 * k + (r % 2) as i32)
+                }
+            })
+            .collect();
+        let dict: ArrayRef = Arc::new(
+            DictionaryArray::<Int32Type>::try_new(
+                Int32Array::from(keys),
+                Arc::new(StringArray::from(dict_values)),
+            )
+            .unwrap(),
+        );
+        (plain, dict)
+    }
+
+    #[test]
+    fn dictionary_keys_give_the_tuples_their_strings_give() {
+        let n = 3000;
+        let col = |m: usize, salt: usize| -> Vec<Option<String>> {
+            (0..n)
+                .map(|r| {
+                    (!((r * salt) % 97).is_multiple_of(m)).then(|| format!("s{}", (r * salt) % m))
+                })
+                .collect()
+        };
+        let (a_plain, a_dict) = plain_and_dict(&col(7, 13));
+        let (b_plain, b_dict) = plain_and_dict(&col(5, 31));
+        let plain = TagTuples::build(&[&a_plain, &b_plain], n).unwrap();
+        let dict = TagTuples::build(&[&a_dict, &b_dict], n).unwrap();
+        let colliding = TagTuples::build_with(&[&a_dict, &b_dict], n, |_| 7).unwrap();
+        assert!(plain.count() > 10, "{} tuples", plain.count());
+        for t in [&dict, &colliding] {
+            assert_eq!(t.tuple_of, plain.tuple_of);
+            assert_eq!(t.first_row, plain.first_row);
+            for c in 0..2 {
+                assert_eq!(strings(&t.columns[c]), strings(&plain.columns[c]));
+                let values = t.columns[c].as_dictionary::<Int32Type>().values().len();
+                let expect = plain.columns[c].as_dictionary::<Int32Type>().values().len();
+                assert_eq!(
+                    values, expect,
+                    "each value once, whatever the input repeats"
+                );
+            }
         }
     }
 }

@@ -186,7 +186,7 @@ pub struct ChunkBuilder {
     times: Vec<i64>,
     lines: Vec<u32>,
     /// Series hash → (time, row) of its newest row so far.
-    newest: std::collections::HashMap<u64, (i64, u32)>,
+    newest: HashMap<u64, (i64, u32), Prehashed>,
 }
 
 impl std::fmt::Debug for ChunkBuilder {
@@ -216,7 +216,7 @@ impl ChunkBuilder {
             leaf_hashes: Vec::with_capacity(cap),
             times: Vec::with_capacity(cap),
             lines: Vec::with_capacity(cap),
-            newest: std::collections::HashMap::new(),
+            newest: HashMap::default(),
         }
     }
 
@@ -334,6 +334,29 @@ pub fn shard_of<'c>(
     shards: usize,
 ) -> usize {
     (series_hash(table, sorted_cols) % shards as u64) as usize
+}
+
+/// Hashes a `u64` key that is already a good hash (xxh3: a series hash) as it is, for maps
+/// keyed by series that are looked up once per row.
+pub(crate) type Prehashed = std::hash::BuildHasherDefault<PrehashedU64>;
+
+/// The [`std::hash::Hasher`] of [`Prehashed`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PrehashedU64(u64);
+
+impl std::hash::Hasher for PrehashedU64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with it; fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 /// Identifies a series: xxh3 of the table and its tags in canonical (sorted) order; other
