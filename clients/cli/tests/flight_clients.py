@@ -153,6 +153,15 @@ def run_open(grpc, http):
     writer.close()
     assert r["receipt"] == "compact" and r["rows"] == 100 and "entries" not in r, r
     assert sum(run["count"] for run in r["runs"]) == 100, r
+    # The row count alone on request.
+    count = fl.FlightCallOptions(headers=[(b"annals-receipt", b"count")])
+    writer, meta = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
+                                 options=count)
+    writer.write_batch(batch)
+    r = json.loads(meta.read().to_pybytes())
+    writer.done_writing()
+    writer.close()
+    assert r == {"receipt": "count", "rows": 100, "rejected": [], "batch": 0}, r
     bad_form = fl.FlightCallOptions(headers=[(b"annals-receipt", b"tiny")])
 
     def put_bad_form():

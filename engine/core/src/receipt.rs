@@ -3,7 +3,9 @@
 //! Full form (up to [`RECEIPT_ROWS_MAX`] rows): one entry per row with its input line, branch,
 //! height, index and `tx_id`. Compact form (larger requests, or when asked): one entry per run
 //! of consecutive positions with the input lines of its rows; a client derives each `tx_id`
-//! itself as `H(0x03 || branch || height || index || H(0x00 || row))` (FORMAT.md).
+//! itself as `H(0x03 || branch || height || index || H(0x00 || row))` (FORMAT.md). Count form
+//! (when asked): the number of rows written and the rejected lines, nothing per row or run; for
+//! bulk writers that only need the acknowledgement.
 
 use annals_format::block::{tx_id, BranchId};
 use annals_format::hash::to_hex;
@@ -37,12 +39,13 @@ pub struct WriteOutcome {
 pub enum ReceiptForm {
     Full,
     Compact,
+    Count,
 }
 
 impl WriteOutcome {
     /// Renders the receipt; `Full` falls back to `Compact` above [`RECEIPT_ROWS_MAX`] rows.
     pub fn receipt(&self, form: ReceiptForm) -> Value {
-        let form = if self.rows > RECEIPT_ROWS_MAX {
+        let form = if form == ReceiptForm::Full && self.rows > RECEIPT_ROWS_MAX {
             ReceiptForm::Compact
         } else {
             form
@@ -78,6 +81,9 @@ impl WriteOutcome {
                     "receipt": "full", "rows": self.rows, "rejected": rejected,
                     "entries": entries.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
                 })
+            }
+            ReceiptForm::Count => {
+                json!({ "receipt": "count", "rows": self.rows, "rejected": rejected })
             }
             ReceiptForm::Compact => {
                 let mut runs_json = Vec::new();

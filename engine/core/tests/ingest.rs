@@ -615,6 +615,12 @@ fn partial_acceptance_writes_good_lines_and_reports_bad_ones() {
         .unwrap()
         .iter()
         .all(|r| !r["error"].as_str().unwrap().is_empty()));
+    // The count form: rows and rejections, nothing per row.
+    let count = out.receipt(annals_engine::ReceiptForm::Count);
+    assert_eq!(count["receipt"], "count");
+    assert_eq!(count["rows"], 3);
+    assert_eq!(count["rejected"], receipt["rejected"]);
+    assert!(count.get("entries").is_none() && count.get("runs").is_none());
     let entries = entries(&out);
     assert_eq!(
         entries.iter().map(|e| e.line).collect::<Vec<_>>(),

@@ -8,7 +8,8 @@
 //!   `app_metadata` is the JSON write receipt (the shape of the HTTP receipt; a row's `line` is
 //!   its 0-based index in the batch).
 //!   Full by default (every row's position and `tx_id`); request header `annals-receipt:
-//!   compact` asks for the compact form (row count and runs), as HTTP's `receipt=compact`.
+//!   compact` asks for the compact form (row count and runs), as HTTP's `receipt=compact`, and
+//!   `annals-receipt: count` for the row count alone.
 //!
 //! Each batch goes through `Engine::prepare_arrow` (the rules of line protocol; tags are the
 //! columns with field metadata `annals.kind = "tag"`, or named in the ingest option
@@ -323,7 +324,7 @@ pub(crate) async fn statement_ingest(
             .map(|s| tag_list(s))
             .unwrap_or_default(),
         // Flight SQL ingest answers a row count, not receipts.
-        receipt: ReceiptForm::Compact,
+        receipt: ReceiptForm::Count,
     };
     let rows = ingest(ctx, &target, request.into_inner(), None).await?;
     metrics::counter!("annals_flight_ingest_rows_total").increment(rows);
@@ -378,9 +379,10 @@ pub(crate) async fn path_put(
     {
         None | Some("full") => ReceiptForm::Full,
         Some("compact") => ReceiptForm::Compact,
+        Some("count") => ReceiptForm::Count,
         Some(other) => {
             return Err(Status::invalid_argument(format!(
-                "{RECEIPT_HEADER}: {other:?} is not `full` or `compact`"
+                "{RECEIPT_HEADER}: {other:?} is not `full`, `compact` or `count`"
             )))
         }
     };
