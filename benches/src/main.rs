@@ -308,6 +308,10 @@ struct FlightArgs {
     /// Timed DoGet runs of `SELECT * FROM readings` (after one warm-up); the median is shown.
     #[arg(long, default_value_t = 3)]
     stream_runs: usize,
+    /// How the Arrow batches carry tags: `utf8` (plain strings) or `dict`
+    /// (`Dictionary(Int32, Utf8)`, as pyarrow's `dictionary_encode` and categorical columns give).
+    #[arg(long, value_enum, default_value_t = flight::ArrowTags::Utf8)]
+    arrow_tags: flight::ArrowTags,
 }
 
 fn main() -> Result<()> {
@@ -525,6 +529,7 @@ async fn flight(args: FlightArgs) -> Result<()> {
         gzip: args.send.gzip,
         batches_per_call: args.batches_per_call,
         stream_runs: args.stream_runs,
+        arrow_tags: args.arrow_tags,
         annals_bin: args.annals_bin,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         timeout: Duration::from_secs(args.send.timeout_secs),

@@ -348,6 +348,7 @@ async fn ingest_doput(
         batches_per_call: flight::BATCHES_PER_CALL_DEFAULT,
         connections: o.connections,
         timeout: o.timeout,
+        tags: flight::ArrowTags::Utf8,
     };
     let put = match flight::ingest_arrow(annals, &put_opts).await {
         Ok(put) => put,
@@ -578,8 +579,8 @@ fn report(opts: &SideOptions, r: &Results) -> Result<String> {
              per table and body (up to {} rows; tags `Utf8`, `time` `Timestamp(ns)`), {} \
              batches in {} `DoPut` calls of up to {} batches of one table ({} closed early by a \
              change of columns), over {} HTTP/2 connections into `{}` on the same annals, \
-             restarted on its line-protocol data; every `PutResult` (the compact write receipt \
-             of a batch, `annals-receipt: compact`) read. The conversion and IPC encoding happen before the clock, as the \
+             restarted on its line-protocol data; every `PutResult` (the row count of a batch, \
+             `annals-receipt: count`) read. The conversion and IPC encoding happen before the clock, as the \
              line-protocol bodies are built before theirs. Each table holds the generated rows \
              in both `{}` and `{}`. p50/p99 are per-request latencies, which a `DoPut` call of \
              several batches has no counterpart for; memory and CPU are the restarted \

@@ -29,6 +29,42 @@ pub(crate) struct TableBatch {
     pub(crate) batch: RecordBatch,
 }
 
+/// How `DoPut` batches carry their tag columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ArrowTags {
+    /// Plain strings, as [`lp_to_arrow`] builds them.
+    Utf8,
+    /// `Dictionary(Int32, Utf8)`: each batch's distinct values once, an index per row.
+    Dict,
+}
+
+impl ArrowTags {
+    /// `batch` with its tag columns in this form (the field metadata kept).
+    pub(crate) fn apply(self, batch: RecordBatch) -> Result<RecordBatch> {
+        if self == Self::Utf8 {
+            return Ok(batch);
+        }
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = batch.schema();
+        let mut fields = Vec::with_capacity(schema.fields().len());
+        let mut arrays = Vec::with_capacity(schema.fields().len());
+        for (f, a) in schema.fields().iter().zip(batch.columns()) {
+            if f.metadata().get(KIND_KEY).map(String::as_str) == Some(KIND_TAG) {
+                arrays.push(
+                    arrow::compute::cast(a, &dict)
+                        .with_context(|| format!("tag column {:?} to a dictionary", f.name()))?,
+                );
+                fields.push(f.as_ref().clone().with_data_type(dict.clone()));
+            } else {
+                arrays.push(a.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+        let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        RecordBatch::try_new(schema, arrays).context("the batch with dictionary tags")
+    }
+}
+
 /// One column being built; nulls stand for rows that lack it.
 #[derive(Debug)]
 enum Values {
@@ -339,5 +375,28 @@ mod tests {
         assert!(text.contains("line 2") && text.contains("\"v\""), "{text}");
         let err = lp_to_arrow(b"m,a=x v=1 1\nm a=2 2\n").unwrap_err();
         assert!(format!("{err:#}").contains("tag"), "{err:#}");
+    }
+
+    #[test]
+    fn dictionary_tags_keep_values_and_metadata() {
+        let utf8 = lp_to_arrow(BODY).unwrap().remove(0).batch;
+        let dict = ArrowTags::Dict.apply(utf8.clone()).unwrap();
+        assert_eq!(dict.num_rows(), utf8.num_rows());
+        for (f, a) in dict.schema().fields().iter().zip(dict.columns()) {
+            let before = utf8.schema().field_with_name(f.name()).unwrap().clone();
+            assert_eq!(f.metadata(), before.metadata(), "{}", f.name());
+            if f.metadata().contains_key(KIND_KEY) {
+                assert!(
+                    matches!(f.data_type(), DataType::Dictionary(..)),
+                    "{}",
+                    f.name()
+                );
+                let back = arrow::compute::cast(a, &DataType::Utf8).unwrap();
+                assert_eq!(&back, column(&utf8, f.name()), "{}", f.name());
+            } else {
+                assert_eq!(a, column(&utf8, f.name()), "{}", f.name());
+            }
+        }
+        assert_eq!(ArrowTags::Utf8.apply(utf8.clone()).unwrap(), utf8);
     }
 }

@@ -21,8 +21,8 @@
 //! Fairness: each side's input is built before its clock starts (line-protocol bodies, gzipped
 //! with `--gzip`; Arrow batches converted and encoded into Flight IPC messages), so both clocks
 //! measure the server and the wire, and both clients open their connections inside the clock.
-//! Arrow batches are plain IPC (no compression), tags `Utf8` marked with the field metadata
-//! `annals.kind = "tag"`, `time` `Timestamp(Nanosecond)`. The Flight side runs second on the same
+//! Arrow batches are plain IPC (no compression), tags `Utf8` (or, with `--arrow-tags dict`,
+//! `Dictionary(Int32, Utf8)`) marked with the field metadata `annals.kind = "tag"`, `time` `Timestamp(Nanosecond)`. The Flight side runs second on the same
 //! server, which then already holds the line-protocol rows.
 //!
 //! Memory: one side's input is held at a time: at most [`load::INPUT_BYTES_MAX`] of line
@@ -45,6 +45,7 @@ use std::time::Duration;
 use annals_bench::tsbs::IotConfig;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+pub(crate) use self::arrow::ArrowTags;
 pub(crate) use self::arrow::{lp_to_arrow, KIND_KEY, KIND_TAG, TIME_COLUMN};
 pub(crate) use self::get::count_rows;
 pub(crate) use self::put::{ingest_arrow, PutFigures, PutOptions};
@@ -80,6 +81,7 @@ pub(crate) struct FlightOptions {
     pub(crate) gzip: bool,
     pub(crate) batches_per_call: usize,
     pub(crate) stream_runs: usize,
+    pub(crate) arrow_tags: ArrowTags,
     pub(crate) annals_bin: Option<PathBuf>,
     pub(crate) work_dir: PathBuf,
     pub(crate) timeout: Duration,
@@ -146,6 +148,7 @@ pub(crate) async fn run(opts: FlightOptions) -> Result<()> {
         batches_per_call: opts.batches_per_call,
         connections: opts.connections,
         timeout: opts.timeout,
+        tags: opts.arrow_tags,
     };
     let put = explained(ingest_arrow(&server, &put_opts).await, &mut server)?;
     ensure!(

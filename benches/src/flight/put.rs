@@ -11,12 +11,13 @@ use annals_bench::tsbs::{IotConfig, LineBatch};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, FlightDescriptor};
 use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
-use super::arrow::{lp_to_arrow, TableBatch};
+use super::arrow::{lp_to_arrow, ArrowTags, TableBatch};
 use crate::load;
 use crate::server::Server;
 
@@ -62,12 +63,18 @@ impl Call {
             self.fits(&schema),
             "a DoPut call carries batches of one schema"
         );
-        let mut encoded = arrow_flight::utils::batches_to_flight_data(&schema, vec![batch.clone()])
-            .context("encoding an Arrow batch as Flight IPC")?;
-        // [schema, batch]: the batches have no dictionary columns.
-        ensure!(encoded.len() == 2, "expected a schema and a batch message");
-        let data = encoded.pop().expect("two messages");
-        let mut schema_msg = encoded.pop().expect("two messages");
+        // [schema, one message per dictionary (tags with `--arrow-tags dict`), batch]: every
+        // batch resends its dictionaries, which replace the previous batch's.
+        let encoder = FlightDataEncoderBuilder::new()
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .with_max_flight_data_size(MESSAGE_BYTES_MAX - MESSAGE_FRAMING_MAX)
+            .build(futures::stream::iter([Ok(batch.clone())]));
+        let mut encoded: Vec<FlightData> =
+            futures::executor::block_on(futures::TryStreamExt::try_collect(encoder))
+                .context("encoding an Arrow batch as Flight IPC")?;
+        ensure!(encoded.len() >= 2, "expected a schema and a batch message");
+        let data: Vec<FlightData> = encoded.split_off(1);
+        let mut schema_msg = encoded.pop().expect("a schema message");
         let mut added = 0;
         if self.messages.is_empty() {
             schema_msg.flight_descriptor = Some(FlightDescriptor::new_path(vec![
@@ -78,14 +85,14 @@ impl Call {
             self.messages.push(schema_msg);
             self.schema = Some(schema);
         }
-        let len = ipc_len(&data);
+        let len: u64 = data.iter().map(ipc_len).sum();
         ensure!(
             len as usize <= MESSAGE_BYTES_MAX - MESSAGE_FRAMING_MAX,
             "one Arrow batch of {} rows encodes to {len} bytes, more than a gRPC message may \
              carry ({MESSAGE_BYTES_MAX}); lower --batch-lines",
             batch.num_rows()
         );
-        self.messages.push(data);
+        self.messages.extend(data);
         self.batches += 1;
         self.rows += batch.num_rows() as u64;
         Ok(added + len)
@@ -121,6 +128,7 @@ impl ArrowWorkload {
         bodies: impl Iterator<Item = LineBatch>,
         db: &str,
         batches_per_call: usize,
+        tags: ArrowTags,
     ) -> Result<Self> {
         let mut work = Self {
             calls: Vec::new(),
@@ -134,6 +142,7 @@ impl ArrowWorkload {
         for (i, body) in bodies.enumerate() {
             let tables = lp_to_arrow(&body.body).with_context(|| format!("body {i}"))?;
             for TableBatch { table, batch } in tables {
+                let batch = tags.apply(batch)?;
                 if open.get(&table).is_some_and(|c| !c.fits(&batch.schema())) {
                     work.calls.push(open.remove(&table).expect("open call"));
                     work.schema_cuts += 1;
@@ -278,11 +287,11 @@ async fn put_call(
     what: &str,
 ) -> Result<u64> {
     let mut request = tonic::Request::new(futures::stream::iter(call.messages.clone()));
-    // Row count and runs per batch, not every row's tx_id: the line-protocol side asks for no
-    // receipt at all.
+    // The row count per batch, no row's position: the line-protocol side asks for no receipt
+    // at all.
     request.metadata_mut().insert(
         "annals-receipt",
-        tonic::metadata::MetadataValue::from_static("compact"),
+        tonic::metadata::MetadataValue::from_static("count"),
     );
     let mut results = client
         .do_put(request)
@@ -329,6 +338,7 @@ pub(crate) struct PutOptions<'a> {
     pub(crate) connections: usize,
     /// Per call.
     pub(crate) timeout: Duration,
+    pub(crate) tags: ArrowTags,
 }
 
 /// What one `DoPut` step sent and how fast.
@@ -353,6 +363,7 @@ pub(crate) async fn ingest_arrow(server: &Server, opts: &PutOptions<'_>) -> Resu
         opts.iot.batches(opts.batch_lines),
         db,
         opts.batches_per_call,
+        opts.tags,
     )?;
     eprintln!(
         "{db}: {} rows, {:.1} MB of Arrow IPC in {} batches, {} DoPut calls ({} cut \
@@ -400,41 +411,53 @@ mod tests {
     async fn generated_bodies_convert_to_every_row() {
         let cfg = IotConfig::new(3, Duration::from_secs(600), 1).unwrap();
         let lines: usize = cfg.batches(50).map(|b| b.lines).sum();
-        let work = ArrowWorkload::build(cfg.batches(50), "db", 4).unwrap();
-        assert_eq!(work.rows, lines as u64);
-        assert_eq!(work.table_rows.values().sum::<u64>(), work.rows);
-        assert_eq!(
-            work.table_rows.keys().collect::<Vec<_>>(),
-            ["diagnostics", "readings"]
-        );
-        // Calls hold one table's batches, at most four, and start with the descriptor.
-        assert_eq!(
-            work.calls.iter().map(|c| c.batches as u64).sum::<u64>(),
-            work.batches
-        );
-        for call in &work.calls {
-            assert!((1..=4).contains(&call.batches));
-            // One schema message, then the batches.
-            assert_eq!(call.messages.len(), call.batches + 1);
-            let first = call.messages[0].flight_descriptor.as_ref().unwrap();
-            assert_eq!(first.path, ["db".to_owned(), call.table.clone()]);
-            assert!(call.messages[1..]
-                .iter()
-                .all(|m| m.flight_descriptor.is_none()));
+        for tags in [ArrowTags::Utf8, ArrowTags::Dict] {
+            let work = ArrowWorkload::build(cfg.batches(50), "db", 4, tags).unwrap();
+            assert_eq!(work.rows, lines as u64);
+            assert_eq!(work.table_rows.values().sum::<u64>(), work.rows);
+            assert_eq!(
+                work.table_rows.keys().collect::<Vec<_>>(),
+                ["diagnostics", "readings"]
+            );
+            // Calls hold one table's batches, at most four, and start with the descriptor.
+            assert_eq!(
+                work.calls.iter().map(|c| c.batches as u64).sum::<u64>(),
+                work.batches
+            );
+            for call in &work.calls {
+                assert!((1..=4).contains(&call.batches));
+                // One schema message, then the batches (each after its dictionaries).
+                if tags == ArrowTags::Utf8 {
+                    assert_eq!(call.messages.len(), call.batches + 1);
+                } else {
+                    assert!(call.messages.len() > 2 * call.batches + 1);
+                }
+                let first = call.messages[0].flight_descriptor.as_ref().unwrap();
+                assert_eq!(first.path, ["db".to_owned(), call.table.clone()]);
+                assert!(call.messages[1..]
+                    .iter()
+                    .all(|m| m.flight_descriptor.is_none()));
+            }
+            // Decoded as the server decodes a DoPut (one schema per stream), the calls give back
+            // every row.
+            let mut rows = 0;
+            for call in &work.calls {
+                let input = futures::stream::iter(call.messages.clone().into_iter().map(Ok));
+                let batches: Vec<RecordBatch> =
+                    arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(input)
+                        .try_collect()
+                        .await
+                        .unwrap();
+                assert_eq!(batches.len(), call.batches);
+                let dicts = batches[0]
+                    .columns()
+                    .iter()
+                    .filter(|a| matches!(a.data_type(), arrow::datatypes::DataType::Dictionary(..)))
+                    .count();
+                assert_eq!(dicts > 0, tags == ArrowTags::Dict);
+                rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            }
+            assert_eq!(rows, work.rows);
         }
-        // Decoded as the server decodes a DoPut (one schema per stream), the calls give back
-        // every row.
-        let mut rows = 0;
-        for call in &work.calls {
-            let input = futures::stream::iter(call.messages.clone().into_iter().map(Ok));
-            let batches: Vec<RecordBatch> =
-                arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(input)
-                    .try_collect()
-                    .await
-                    .unwrap();
-            assert_eq!(batches.len(), call.batches);
-            rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        }
-        assert_eq!(rows, work.rows);
     }
 }

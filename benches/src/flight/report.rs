@@ -51,7 +51,7 @@ pub(super) fn print_table(opts: &FlightOptions, f: &Figures) {
         "{} rows (seed {}{}) into {}, one server for the whole run ({} cores, shared with this \
          client). Line protocol: {} bodies of up to {} lines ({:.1} MB{}), `POST \
          /api/v3/write_lp` into `{LP_DB}` over {} HTTP/1.1 connections. Flight: the same bodies \
-         as {} Arrow batches (one per table and body; {:.1} MB of uncompressed IPC, tags `Utf8`), \
+         as {} Arrow batches (one per table and body; {:.1} MB of uncompressed IPC, tags {}), \
          up to {} per `DoPut` call ({} calls, {} closed early by a change of columns) into \
          `{ARROW_DB}` over {} HTTP/2 connections, \
          every `PutResult` read. Each side's input was built before its clock started; Flight \
@@ -73,6 +73,10 @@ pub(super) fn print_table(opts: &FlightOptions, f: &Figures) {
         opts.connections,
         f.put.batches,
         put.bytes as f64 / 1e6,
+        match opts.arrow_tags {
+            super::ArrowTags::Utf8 => "`Utf8`",
+            super::ArrowTags::Dict => "`Dictionary(Int32, Utf8)`",
+        },
         opts.batches_per_call,
         f.put.calls,
         f.put.schema_cuts,
@@ -110,9 +114,9 @@ pub(super) fn print_table(opts: &FlightOptions, f: &Figures) {
     );
     println!();
     println!(
-        "`DoPut` asks for compact receipts (`annals-receipt: compact`: rows and runs per \
-         batch); the line-protocol requests ask for none. The `DoGet` figure follows one \
-         warm-up run."
+        "`DoPut` asks for the row count of each batch (`annals-receipt: count`), no row's \
+         position; the line-protocol requests ask for no receipt. The `DoGet` figure follows \
+         one warm-up run."
     );
 }
 
