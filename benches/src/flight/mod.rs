@@ -22,8 +22,9 @@
 //! with `--gzip`; Arrow batches converted and encoded into Flight IPC messages), so both clocks
 //! measure the server and the wire, and both clients open their connections inside the clock.
 //! Arrow batches are plain IPC (no compression), tags `Utf8` (or, with `--arrow-tags dict`,
-//! `Dictionary(Int32, Utf8)`) marked with the field metadata `annals.kind = "tag"`, `time` `Timestamp(Nanosecond)`. The Flight side runs second on the same
-//! server, which then already holds the line-protocol rows.
+//! `Dictionary(Int32, Utf8)`) marked with the field metadata `annals.kind = "tag"`, `time`
+//! `Timestamp(Nanosecond)`. The Flight side runs second on the same server, which then already
+//! holds the line-protocol rows.
 //!
 //! Memory: one side's input is held at a time: at most [`load::INPUT_BYTES_MAX`] of line
 //! protocol (checked by `load`), then at most as many bytes of Arrow IPC

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use annals_bench::tsbs::{IotConfig, LineBatch};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use arrow::datatypes::SchemaRef;
+use arrow::ipc::MessageHeader;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -32,7 +33,8 @@ const MESSAGE_FRAMING_MAX: usize = 64 << 10;
 #[derive(Debug)]
 struct Call {
     table: String,
-    /// The schema message, carrying the path descriptor, then one message per batch.
+    /// The schema message, carrying the path descriptor, then per batch its dictionary
+    /// messages (tags as dictionaries) and its record batch message.
     messages: Vec<FlightData>,
     batches: usize,
     rows: u64,
@@ -67,7 +69,9 @@ impl Call {
         // batch resends its dictionaries, which replace the previous batch's.
         let encoder = FlightDataEncoderBuilder::new()
             .with_dictionary_handling(DictionaryHandling::Resend)
-            .with_max_flight_data_size(MESSAGE_BYTES_MAX - MESSAGE_FRAMING_MAX)
+            // Never split: one input batch is one record batch message (its size is checked
+            // below); the encoder's estimate counts buffer capacity, not IPC bytes.
+            .with_max_flight_data_size(usize::MAX)
             .build(futures::stream::iter([Ok(batch.clone())]));
         let mut encoded: Vec<FlightData> =
             futures::executor::block_on(futures::TryStreamExt::try_collect(encoder))
@@ -85,18 +89,36 @@ impl Call {
             self.messages.push(schema_msg);
             self.schema = Some(schema);
         }
-        let len: u64 = data.iter().map(ipc_len).sum();
+        let kinds: Vec<MessageHeader> = data.iter().map(header_type).collect::<Result<_>>()?;
         ensure!(
-            len as usize <= MESSAGE_BYTES_MAX - MESSAGE_FRAMING_MAX,
-            "one Arrow batch of {} rows encodes to {len} bytes, more than a gRPC message may \
-             carry ({MESSAGE_BYTES_MAX}); lower --batch-lines",
-            batch.num_rows()
+            kinds.last() == Some(&MessageHeader::RecordBatch)
+                && kinds[..kinds.len() - 1]
+                    .iter()
+                    .all(|k| *k == MessageHeader::DictionaryBatch),
+            "expected a batch's dictionaries, then its one record batch; got {kinds:?}"
         );
+        for m in &data {
+            ensure!(
+                ipc_len(m) as usize <= MESSAGE_BYTES_MAX - MESSAGE_FRAMING_MAX,
+                "one Arrow batch of {} rows encodes to a message of {} bytes, more than a gRPC \
+                 message may carry ({MESSAGE_BYTES_MAX}); lower --batch-lines",
+                batch.num_rows(),
+                ipc_len(m)
+            );
+        }
+        let len: u64 = data.iter().map(ipc_len).sum();
         self.messages.extend(data);
         self.batches += 1;
         self.rows += batch.num_rows() as u64;
         Ok(added + len)
     }
+}
+
+/// What an IPC message holds (schema, dictionary batch, record batch).
+pub(super) fn header_type(m: &FlightData) -> Result<MessageHeader> {
+    let message = arrow::ipc::root_as_message(&m.data_header)
+        .map_err(|e| anyhow!("an IPC message header does not parse: {e}"))?;
+    Ok(message.header_type())
 }
 
 /// Bytes of Arrow IPC in one message (flatbuffer header and body).
@@ -405,7 +427,11 @@ pub(crate) async fn ingest_arrow(server: &Server, opts: &PutOptions<'_>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::compute::cast;
+    use arrow::datatypes::DataType;
     use futures::TryStreamExt as _;
+
+    use super::super::arrow::KIND_KEY;
 
     #[tokio::test]
     async fn generated_bodies_convert_to_every_row() {
@@ -426,12 +452,28 @@ mod tests {
             );
             for call in &work.calls {
                 assert!((1..=4).contains(&call.batches));
-                // One schema message, then the batches (each after its dictionaries).
-                if tags == ArrowTags::Utf8 {
-                    assert_eq!(call.messages.len(), call.batches + 1);
-                } else {
-                    assert!(call.messages.len() > 2 * call.batches + 1);
+                // One schema message, then each batch: its dictionaries (only with dictionary
+                // tags), then its record batch.
+                let kinds: Vec<MessageHeader> = call
+                    .messages
+                    .iter()
+                    .map(|m| header_type(m).unwrap())
+                    .collect();
+                assert_eq!(kinds[0], MessageHeader::Schema);
+                let mut dictionaries = 0;
+                let mut batches = 0;
+                for k in &kinds[1..] {
+                    match *k {
+                        MessageHeader::DictionaryBatch => dictionaries += 1,
+                        MessageHeader::RecordBatch => {
+                            assert_eq!(dictionaries > 0, tags == ArrowTags::Dict, "{kinds:?}");
+                            dictionaries = 0;
+                            batches += 1;
+                        }
+                        other => panic!("unexpected {other:?} message"),
+                    }
                 }
+                assert_eq!((batches, dictionaries), (call.batches, 0), "{kinds:?}");
                 let first = call.messages[0].flight_descriptor.as_ref().unwrap();
                 assert_eq!(first.path, ["db".to_owned(), call.table.clone()]);
                 assert!(call.messages[1..]
@@ -439,8 +481,8 @@ mod tests {
                     .all(|m| m.flight_descriptor.is_none()));
             }
             // Decoded as the server decodes a DoPut (one schema per stream), the calls give back
-            // every row.
-            let mut rows = 0;
+            // every batch of each table, in order, with the values of the Utf8 batches.
+            let mut decoded: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
             for call in &work.calls {
                 let input = futures::stream::iter(call.messages.clone().into_iter().map(Ok));
                 let batches: Vec<RecordBatch> =
@@ -449,13 +491,43 @@ mod tests {
                         .await
                         .unwrap();
                 assert_eq!(batches.len(), call.batches);
-                let dicts = batches[0]
-                    .columns()
-                    .iter()
-                    .filter(|a| matches!(a.data_type(), arrow::datatypes::DataType::Dictionary(..)))
-                    .count();
-                assert_eq!(dicts > 0, tags == ArrowTags::Dict);
-                rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                decoded
+                    .entry(call.table.clone())
+                    .or_default()
+                    .extend(batches);
+            }
+            let mut sources: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+            for body in cfg.batches(50) {
+                for t in lp_to_arrow(&body.body).unwrap() {
+                    sources.entry(t.table).or_default().push(t.batch);
+                }
+            }
+            assert_eq!(
+                decoded.keys().collect::<Vec<_>>(),
+                sources.keys().collect::<Vec<_>>()
+            );
+            let mut rows = 0;
+            for (table, source) in &sources {
+                let got = &decoded[table];
+                assert_eq!(got.len(), source.len(), "{table}");
+                for (g, want) in got.iter().zip(source) {
+                    assert_eq!(g.num_columns(), want.num_columns());
+                    for (f, w) in want.schema().fields().iter().zip(want.columns()) {
+                        let c = g.column_by_name(f.name()).unwrap();
+                        let is_dict = matches!(c.data_type(), DataType::Dictionary(..));
+                        assert_eq!(
+                            is_dict,
+                            tags == ArrowTags::Dict && f.metadata().contains_key(KIND_KEY)
+                        );
+                        let c = if is_dict {
+                            cast(c, &DataType::Utf8).unwrap()
+                        } else {
+                            c.clone()
+                        };
+                        assert_eq!(&c, w, "{table}.{}", f.name());
+                    }
+                    rows += g.num_rows() as u64;
+                }
             }
             assert_eq!(rows, work.rows);
         }

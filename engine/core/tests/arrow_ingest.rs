@@ -343,6 +343,48 @@ fn prepared_chunks_equal_those_of_the_same_lines() {
 }
 
 #[test]
+fn the_newest_row_of_a_series_is_the_last_of_its_greatest_time() {
+    // Series a: rows 0, 2 and 3, rows 2 and 3 at the same, greatest time: row 3 is newest.
+    // Series b: rows 1 and 4, row 1 newer. The chunk's rows are in input order (one shard).
+    let at = |host: &str, t: i64, v: f64| {
+        Point::new("temp")
+            .tag("host", host)
+            .field("celsius", Val::F64(v))
+            .at(CLOCK_NS + t)
+    };
+    let pts = [
+        at("a", 10, 1.0),
+        at("b", 50, 2.0),
+        at("a", 30, 3.0),
+        at("a", 30, 4.0),
+        at("b", 20, 5.0),
+    ];
+    for tags in [TagStyle::Utf8, TagStyle::Dict8] {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (lp_engine, arrow_engine) = (
+            open(config(da.path(), 1, 64)),
+            open(config(db.path(), 1, 64)),
+        );
+        let lp = lp_engine
+            .prepare(DB, body(&pts).as_bytes(), &opts(false))
+            .expect("lines prepare");
+        let arrow = arrow_engine
+            .prepare_arrow(
+                DB,
+                "temp",
+                &to_batch(&pts, tags, FieldStyle::Exact),
+                &opts(false),
+            )
+            .expect("batch prepares");
+        assert_same_prepared(&lp, &arrow);
+        let chunk = &arrow.parts[0].chunks[0];
+        let mut newest: Vec<(i64, u32)> = chunk.newest.iter().map(|&(_, t, r)| (t, r)).collect();
+        newest.sort();
+        assert_eq!(newest, [(CLOCK_NS + 30, 3), (CLOCK_NS + 50, 1)], "{tags:?}");
+    }
+}
+
+#[test]
 fn same_rows_as_line_protocol_store_the_same_ledger() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let block_rows = 16;

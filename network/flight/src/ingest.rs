@@ -47,7 +47,8 @@ const RECEIPTS_QUEUED_MAX: usize = 8;
 /// Ingest option (and third path element) naming tag columns: `annals.tags=a,b`.
 pub(crate) const TAGS_OPTION: &str = "annals.tags";
 /// Request header choosing the plain `DoPut` receipt: `full` (default: every row's position
-/// and `tx_id`, as HTTP's `receipt=true`) or `compact` (row count and runs, as `receipt=compact`).
+/// and `tx_id`, as HTTP's `receipt=true`), `compact` (row count and runs, as `receipt=compact`)
+/// or `count` (the row count alone).
 pub(crate) const RECEIPT_HEADER: &str = "annals-receipt";
 
 /// Where a call's batches go.

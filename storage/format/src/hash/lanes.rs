@@ -11,8 +11,9 @@
 //! side), and compresses them together: the BLAKE3 compression function of the specification
 //! (section 2.2), written once over arrays of `LANES` words so that the compiler turns each
 //! step into one vector instruction. The same code is compiled three ways (AVX-512, AVX2, and
-//! the target's baseline) and the fastest one the CPU has is chosen at run time. The outputs
-//! are compared with `blake3::hash` by the tests of `hash::many`.
+//! the target's baseline) and the fastest one the CPU has is chosen at run time. The tests of
+//! `hash::many` compare the chosen form's outputs with `blake3::hash`; the tests here compare
+//! every form the CPU can run with the portable one.
 
 use super::Hash;
 
