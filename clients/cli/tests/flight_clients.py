@@ -143,24 +143,22 @@ def run_open(grpc, http):
     assert len(tx_ids) == 300
     ledger = http_sql(http, "fleet", "SELECT _tx_id FROM ledger('climate')")
     assert {r["_tx_id"] for r in ledger} == tx_ids, "receipt tx_ids differ from the ledger's"
+    def put_with_receipt(form):
+        """Writes `batch` into climate2 asking for receipt `form`; returns the receipt."""
+        options = fl.FlightCallOptions(headers=[(b"annals-receipt", form)])
+        writer, meta = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
+                                     options=options)
+        writer.write_batch(batch)
+        r = json.loads(meta.read().to_pybytes())
+        writer.done_writing()
+        writer.close()
+        return r
     # Compact receipts on request (row count and runs, no per-row entries); a bad form is refused.
-    compact = fl.FlightCallOptions(headers=[(b"annals-receipt", b"compact")])
-    writer, meta = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
-                                 options=compact)
-    writer.write_batch(batch)
-    r = json.loads(meta.read().to_pybytes())
-    writer.done_writing()
-    writer.close()
+    r = put_with_receipt(b"compact")
     assert r["receipt"] == "compact" and r["rows"] == 100 and "entries" not in r, r
     assert sum(run["count"] for run in r["runs"]) == 100, r
     # The row count alone on request.
-    count = fl.FlightCallOptions(headers=[(b"annals-receipt", b"count")])
-    writer, meta = client.do_put(fl.FlightDescriptor.for_path("fleet", "climate2"), schema,
-                                 options=count)
-    writer.write_batch(batch)
-    r = json.loads(meta.read().to_pybytes())
-    writer.done_writing()
-    writer.close()
+    r = put_with_receipt(b"count")
     assert r == {"receipt": "count", "rows": 100, "rejected": [], "batch": 0}, r
     bad_form = fl.FlightCallOptions(headers=[(b"annals-receipt", b"tiny")])
 
