@@ -39,14 +39,17 @@ const LEAD_BLOCKS_MAX: usize = CHUNK / BLOCK - 1;
 /// Hashes the full leading blocks of `count` messages of `N` bytes each, laid end to end in
 /// `lead`, into chaining values (32 bytes each) in `cvs`.
 fn lead_many<const N: usize>(platform: Platform, lead: &[u8], count: usize, cvs: &mut [u8]) {
-    let inputs: Vec<&[u8; N]> = lead
-        .chunks_exact(N)
-        .take(count)
-        .map(|b| b.try_into().expect("chunks_exact gives N bytes"))
-        .collect();
-    assert_eq!(inputs.len(), count, "one lead per message");
+    // The inputs on the stack: a group has at most GROUP_MAX messages.
+    let unused = [0u8; N];
+    let mut inputs: [&[u8; N]; GROUP_MAX] = [&unused; GROUP_MAX];
+    let mut filled = 0;
+    for (slot, b) in inputs.iter_mut().zip(lead.chunks_exact(N).take(count)) {
+        *slot = b.try_into().expect("chunks_exact gives N bytes");
+        filled += 1;
+    }
+    assert_eq!(filled, count, "one lead per message, at most GROUP_MAX");
     platform.hash_many(
-        &inputs,
+        &inputs[..count],
         &IV,
         0,
         IncrementCounter::No,
@@ -70,6 +73,25 @@ fn lead_dispatch(platform: Platform, blocks: usize, lead: &[u8], count: usize, c
     dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
 }
 
+/// Buffers of [`hash_domain_many`], kept per thread between calls: a batch's hashing
+/// allocated them anew each time, a visible part of its cost.
+#[derive(Default)]
+struct Scratch {
+    /// Message indices ordered by length class (classes in increasing order).
+    order: Vec<u32>,
+    /// Each message's class ([`LONG`] for longer than a chunk).
+    class_of: Vec<u8>,
+    lead: Vec<u8>,
+    cvs: Vec<u8>,
+}
+
+/// Class of a message longer than one chunk (hashed by the ordinary hasher).
+const LONG: u8 = u8::MAX;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// `H(domain || message)` for every message `get(i)`, `i < count`, into `out` in order.
 ///
 /// Messages are grouped by how many full leading blocks they have, so one `hash_many` call
@@ -81,40 +103,78 @@ fn hash_domain_many<'m>(
     get: impl Fn(usize) -> &'m [u8],
     out: &mut Vec<Hash>,
 ) {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => hash_domain_many_in(&mut scratch, domain, count, &get, out),
+        // Not reentered today; a fresh scratch keeps it correct if it ever is.
+        Err(_) => hash_domain_many_in(&mut Scratch::default(), domain, count, &get, out),
+    });
+}
+
+fn hash_domain_many_in<'m>(
+    scratch: &mut Scratch,
+    domain: Domain,
+    count: usize,
+    get: &impl Fn(usize) -> &'m [u8],
+    out: &mut Vec<Hash>,
+) {
     let platform = Platform::detect();
     let base = out.len();
     out.resize(base + count, [0u8; 32]);
-    // Which messages have how many leading blocks; longer than a chunk: the ordinary hasher.
-    let mut classes: Vec<Vec<u32>> = vec![Vec::new(); LEAD_BLOCKS_MAX + 1];
-    for i in 0..count {
+    let out = &mut out[base..];
+    // Which messages have how many leading blocks (a counting sort by class); longer than a
+    // chunk: the ordinary hasher, now.
+    let Scratch {
+        order,
+        class_of,
+        lead,
+        cvs,
+    } = scratch;
+    class_of.clear();
+    let mut starts = [0usize; LEAD_BLOCKS_MAX + 2];
+    for (i, hash) in out.iter_mut().enumerate() {
         let m = get(i);
         let total = m.len() + 1;
         if total > CHUNK {
             let mut h = blake3::Hasher::new();
             h.update(&[domain as u8]);
             h.update(m);
-            out[base + i] = *h.finalize().as_bytes();
+            *hash = *h.finalize().as_bytes();
+            class_of.push(LONG);
         } else {
-            classes[(total - 1) / BLOCK].push(i as u32);
+            let class = (total - 1) / BLOCK;
+            class_of.push(class as u8);
+            starts[class + 1] += 1;
         }
     }
-    let out = &mut out[base..];
+    for c in 1..starts.len() {
+        starts[c] += starts[c - 1];
+    }
+    let short = starts[LEAD_BLOCKS_MAX + 1];
+    order.clear();
+    order.resize(short, 0);
+    let mut next = starts;
+    for (i, &class) in class_of.iter().enumerate() {
+        if class != LONG {
+            order[next[class as usize]] = i as u32;
+            next[class as usize] += 1;
+        }
+    }
+    let members = |class: usize| &order[starts[class]..starts[class + 1]];
+
     // Last blocks, compressed a vector of messages at a time.
     let mut tails = Tails::new();
     // No full leading block: the message is its last block.
     let mut one = [0u8; BLOCK];
-    for &i in &classes[0] {
+    for &i in members(0) {
         let m = get(i as usize);
         one[0] = domain as u8;
         one[1..=m.len()].copy_from_slice(m);
         let flags = CHUNK_START | CHUNK_END | ROOT;
         tails.push(&IV, &one[..=m.len()], flags, i as usize, out);
     }
-    let mut lead: Vec<u8> = Vec::new();
-    let mut cvs: Vec<u8> = Vec::new();
-    for (blocks, members) in classes.iter().enumerate().skip(1) {
+    for blocks in 1..=LEAD_BLOCKS_MAX {
         let n = blocks * BLOCK;
-        for group in members.chunks(GROUP_MAX) {
+        for group in members(blocks).chunks(GROUP_MAX) {
             lead.clear();
             lead.reserve(group.len() * n);
             for &i in group {
@@ -124,7 +184,7 @@ fn hash_domain_many<'m>(
             }
             cvs.clear();
             cvs.resize(group.len() * 32, 0);
-            lead_dispatch(platform, blocks, &lead, group.len(), &mut cvs);
+            lead_dispatch(platform, blocks, lead, group.len(), cvs);
             for (k, &i) in group.iter().enumerate() {
                 let m = get(i as usize);
                 let cv: &[u8; 32] = cvs[k * 32..k * 32 + 32].try_into().expect("32 bytes");
