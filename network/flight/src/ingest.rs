@@ -198,31 +198,6 @@ async fn finish(
     Ok(())
 }
 
-/// Alignment that every Arrow buffer of a decoded batch needs (of its widest native type).
-const BODY_ALIGN: usize = 16;
-
-/// An aligned body, as an owner of [`bytes::Bytes`] memory.
-struct AlignedBody(arrow::buffer::Buffer);
-
-impl AsRef<[u8]> for AlignedBody {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
-    }
-}
-
-/// `m` with its body copied once into an aligned buffer when it is not aligned. The body is a
-/// slice of the buffer gRPC decoded the message into, at whatever offset it came; arrow-ipc
-/// would then copy each misaligned buffer of the batch into an allocation of its own (a few
-/// dozen per batch). IPC pads buffers to multiples of 8 bytes, so an aligned body leaves none
-/// to copy.
-fn aligned_body(mut m: arrow_flight::FlightData) -> arrow_flight::FlightData {
-    if !(m.data_body.as_ptr() as usize).is_multiple_of(BODY_ALIGN) {
-        let aligned = arrow::buffer::Buffer::from_slice_ref(&m.data_body[..]);
-        m.data_body = bytes::Bytes::from_owner(AlignedBody(aligned));
-    }
-    m
-}
-
 /// Writes every batch of `input` to `target`, in order, each receipt once its batch is
 /// durable. Returns the rows written.
 async fn ingest(
@@ -232,9 +207,7 @@ async fn ingest(
     receipts: Receipts,
 ) -> Result<u64, Status> {
     let mut batches = FlightRecordBatchStream::new_from_flight_data(
-        input
-            .map_ok(aligned_body)
-            .map_err(arrow_flight::error::FlightError::from),
+        input.map_err(arrow_flight::error::FlightError::from),
     );
     let mut in_flight = FuturesOrdered::new();
     let mut rows = 0u64;
@@ -442,27 +415,6 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::DataType;
-
-    #[test]
-    fn bodies_are_aligned_once_and_keep_their_bytes() {
-        let whole = bytes::Bytes::from((0..=255u8).cycle().take(4099).collect::<Vec<u8>>());
-        for offset in 0..BODY_ALIGN + 1 {
-            let body = whole.slice(offset..);
-            let m = aligned_body(arrow_flight::FlightData {
-                data_body: body.clone(),
-                ..Default::default()
-            });
-            assert_eq!(m.data_body, body, "offset {offset}: same bytes");
-            assert_eq!(
-                m.data_body.as_ptr() as usize % BODY_ALIGN,
-                0,
-                "offset {offset}"
-            );
-            if (body.as_ptr() as usize).is_multiple_of(BODY_ALIGN) {
-                assert_eq!(m.data_body.as_ptr(), body.as_ptr(), "aligned: not copied");
-            }
-        }
-    }
 
     #[test]
     fn tags_from_option_are_marked() {
