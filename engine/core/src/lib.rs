@@ -24,7 +24,6 @@ pub mod arrow_ingest;
 mod arrow_tags;
 pub mod attest;
 pub mod audit;
-mod bufpool;
 pub mod catalog;
 pub mod checkpointer;
 pub mod clock;

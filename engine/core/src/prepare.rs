@@ -211,7 +211,7 @@ impl ChunkBuilder {
             time: TimestampNanosecondBuilder::with_capacity(cap),
             cols,
             filled: vec![0; n],
-            enc: crate::bufpool::empty(cap * 200),
+            enc: Vec::with_capacity(cap * 200),
             offsets: vec![0],
             leaf_hashes: Vec::with_capacity(cap),
             times: Vec::with_capacity(cap),

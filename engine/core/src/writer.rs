@@ -466,8 +466,6 @@ impl Writer {
             }
         }
         metrics::counter!("annals_rows_written_total").increment(n as u64);
-        // The encodings are in the WAL's buffer now: the next chunk's preparer reuses theirs.
-        crate::bufpool::give(chunk.enc);
         if !chunk.newest.is_empty() {
             self.newest
                 .push((chunk.table.name.clone(), chunk.batch, chunk.newest));
