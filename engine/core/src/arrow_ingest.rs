@@ -811,17 +811,18 @@ pub fn prepare_arrow(
         let batch = RecordBatch::try_new(schema.arrow.clone(), arrays)
             .map_err(|e| WriteError::Engine(EngineError::storage(e)))?;
         debug_assert_eq!(batch.num_rows(), s.leaf_hashes.len());
+        let leaf_hashes = Arc::new(s.leaf_hashes);
         let origin = ChunkOrigin {
             table: schema.name.clone(),
             lines: s.rows,
-            leaf_hashes: s.leaf_hashes.clone(),
+            leaf_hashes: leaf_hashes.clone(),
         };
         let chunk = Chunk {
             table: schema.clone(),
             batch,
             enc: s.enc,
             offsets: s.offsets,
-            leaf_hashes: s.leaf_hashes,
+            leaf_hashes,
             times: s.times,
             newest: s.newest.into_iter().map(|(k, (t, r))| (k, t, r)).collect(),
         };

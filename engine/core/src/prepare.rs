@@ -55,7 +55,8 @@ pub struct Chunk {
     /// Canonical row encodings, concatenated; row `i` is `enc[offsets[i]..offsets[i + 1]]`.
     pub enc: Vec<u8>,
     pub offsets: Vec<u32>,
-    pub leaf_hashes: Vec<Hash>,
+    /// Shared with the request's [`ChunkOrigin`], which needs them for `tx_id`s.
+    pub leaf_hashes: Arc<Vec<Hash>>,
     pub times: Vec<i64>,
     /// The newest row of each series in the chunk, for the last-value cache.
     pub newest: crate::last_values::Newest,
@@ -77,8 +78,9 @@ pub struct ChunkOrigin {
     /// Where each row came from: its 1-based input line (line protocol) or its 0-based row
     /// index in the batch (`Engine::prepare_arrow`).
     pub lines: Vec<u32>,
-    /// Leaf hash of each row (to compute `tx_id`s once positions are known).
-    pub leaf_hashes: Vec<Hash>,
+    /// Leaf hash of each row (to compute `tx_id`s once positions are known), shared with the
+    /// chunk.
+    pub leaf_hashes: Arc<Vec<Hash>>,
 }
 
 /// All rows of a request bound for one shard.
@@ -305,17 +307,18 @@ impl ChunkBuilder {
         debug_assert!(arrays.iter().all(|a| a.len() == self.times.len()));
         let batch = RecordBatch::try_new(self.table.arrow.clone(), arrays)
             .expect("arrays match the table schema");
+        let leaf_hashes = Arc::new(self.leaf_hashes);
         let origin = ChunkOrigin {
             table: self.table.name.clone(),
             lines: self.lines,
-            leaf_hashes: self.leaf_hashes.clone(),
+            leaf_hashes: leaf_hashes.clone(),
         };
         let chunk = Chunk {
             table: self.table,
             batch,
             enc: self.enc,
             offsets: self.offsets,
-            leaf_hashes: self.leaf_hashes,
+            leaf_hashes,
             times: self.times,
             newest: self
                 .newest

@@ -414,7 +414,7 @@ fn same_rows_as_line_protocol_store_the_same_ledger() {
         rows.sort();
         assert_eq!(rows, (0..n as u32).collect::<Vec<_>>());
         for (o, _) in &out.chunks {
-            for (row, leaf) in o.lines.iter().zip(&o.leaf_hashes) {
+            for (row, leaf) in o.lines.iter().zip(o.leaf_hashes.iter()) {
                 assert_eq!(*leaf, leaf_hash(&pts[*row as usize].encoding()));
             }
         }
