@@ -10,6 +10,8 @@
 //! - [`atomic_write`]: write a temporary file beside the target, fsync it, rename it over the
 //!   target, fsync the directory. Readers see the old bytes or the new bytes, never a mix.
 //! - [`truncate_durable`]: cut a file and fsync the new length.
+//! - [`release_cached`]: tell the kernel that a synced range will not be read soon, so its
+//!   clean pages leave the page cache (a write-only log has no use for them).
 //!
 //! # Record framing (crate-internal)
 //! The WAL, the branch logs (`blocks.log`) and the checkpoint log all store records as
@@ -60,6 +62,27 @@ pub fn fsync_file(file: &File) -> io::Result<()> {
 /// `fdatasync`: flushes the file's data and the metadata needed to read it back (its length).
 pub fn fdatasync_file(file: &File) -> io::Result<()> {
     file.sync_data()
+}
+
+/// Advises the kernel that `len` bytes of `file` from `offset` will not be read again soon
+/// (`posix_fadvise(POSIX_FADV_DONTNEED)`): their pages, if clean, leave the page cache now
+/// instead of when memory runs short. Only for bytes already on stable storage: dirty pages
+/// would be written back early rather than dropped. Advice only: the data stays on disk and
+/// any later read gets it back. A no-op off Linux and for `len == 0`.
+pub fn release_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed)
+            .map_err(io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        Ok(())
+    }
 }
 
 /// Flushes a directory, making creations, renames and removals of its entries durable.

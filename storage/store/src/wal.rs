@@ -25,6 +25,11 @@
 //!   segment that replay accepted is never modified afterwards.
 //! - A frame is durable once [`Wal::sync`] returns: one `fdatasync` covers every frame appended
 //!   before it (group commit). Frames appended but not synced are lost on a crash or on drop.
+//! - Once synced, a segment's pages leave the page cache ([`fsutil::release_cached`]), all
+//!   but the page the next write extends: the WAL is read only by replay, and a log that keeps
+//!   what it wrote cached makes every write land on a page the kernel must first allocate
+//!   (docs/PERFORMANCE.md, "The WAL's page cache"). Skipped with `no_sync`, whose pages are
+//!   still dirty.
 //! - After any I/O error in append, sync or rotation the handle is poisoned: every later call
 //!   returns [`WalError::Poisoned`] with the original message; reopen to recover.
 //! - Segments are removed oldest first ([`Wal::remove_segments_before`]) so the remaining ids
@@ -67,6 +72,10 @@ pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 128 << 20;
 pub const BUFFER_BYTES_MAX_DEFAULT: usize = 4 << 20;
 
 const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// Synced bytes are released from the page cache in whole pages of this size. The kernel drops
+/// only pages wholly inside the range, so a larger page size is safe: its partial page stays.
+const RELEASE_PAGE_BYTES: u64 = 4096;
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +427,8 @@ pub struct Wal {
     written: u64,
     /// Bytes of the current segment known to be on stable storage.
     synced: u64,
+    /// Bytes of the current segment, from its start, whose cached pages were released.
+    released: u64,
     /// Frames appended but not yet written.
     buf: Vec<u8>,
     /// Closed segments: id -> size.
@@ -476,6 +487,7 @@ impl Wal {
             current: id,
             written: SEGMENT_HEADER_LEN as u64,
             synced: SEGMENT_HEADER_LEN as u64,
+            released: 0,
             buf: Vec::new(),
             closed,
             poisoned: None,
@@ -633,9 +645,26 @@ impl Wal {
                 fsutil::fdatasync_file(&self.file).map_err(io_err("syncing", &path))?;
             }
             self.synced = self.written;
+            if !self.cfg.no_sync {
+                self.release_synced();
+            }
         }
         assert!(self.buf.is_empty() && self.synced == self.written);
         Ok(())
+    }
+
+    /// Releases the cached pages of the synced part of the current segment, up to the page that
+    /// holds its last byte: the next write extends that page, which, released, would first have
+    /// to be read back. Advice only: a failure is logged and changes nothing else.
+    fn release_synced(&mut self) {
+        let upto = self.synced / RELEASE_PAGE_BYTES * RELEASE_PAGE_BYTES;
+        if upto <= self.released {
+            return;
+        }
+        if let Err(e) = fsutil::release_cached(&self.file, self.released, upto - self.released) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "could not release WAL pages");
+        }
+        self.released = upto;
     }
 
     /// Closes the current segment (written and synced) and starts the next one.
@@ -654,6 +683,7 @@ impl Wal {
         self.current = next;
         self.written = SEGMENT_HEADER_LEN as u64;
         self.synced = SEGMENT_HEADER_LEN as u64;
+        self.released = 0;
         Ok(())
     }
 }
