@@ -643,21 +643,20 @@ impl Wal {
             if !self.cfg.no_sync {
                 let path = self.segment_path();
                 fsutil::fdatasync_file(&self.file).map_err(io_err("syncing", &path))?;
+                self.release_through(self.written);
             }
             self.synced = self.written;
-            if !self.cfg.no_sync {
-                self.release_synced();
-            }
         }
         assert!(self.buf.is_empty() && self.synced == self.written);
         Ok(())
     }
 
-    /// Releases the cached pages of the synced part of the current segment, up to the page that
-    /// holds its last byte: the next write extends that page, which, released, would first have
-    /// to be read back. Advice only: a failure is logged and changes nothing else.
-    fn release_synced(&mut self) {
-        let upto = self.synced / RELEASE_PAGE_BYTES * RELEASE_PAGE_BYTES;
+    /// Releases the cached pages of the first `durable` bytes of the current segment (on stable
+    /// storage), up to the page that holds the last of them: the next write extends that page,
+    /// which, released, would first have to be read back. Advice only: a failure is logged and
+    /// changes nothing else.
+    fn release_through(&mut self, durable: u64) {
+        let upto = durable / RELEASE_PAGE_BYTES * RELEASE_PAGE_BYTES;
         if upto <= self.released {
             return;
         }

@@ -1,8 +1,8 @@
 //! The WAL lets go of the page cache of what it has synced (Linux only).
 //!
-//! Residency is read with `fincore` (util-linux). Each test also checks the opposite case
+//! Residency is read with `fincore` (util-linux). A second test checks the opposite case
 //! (`no_sync`, whose pages are dirty and stay cached), so a `fincore` that saw nothing would
-//! fail the test rather than pass it.
+//! fail it rather than let the first test pass for the wrong reason.
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
