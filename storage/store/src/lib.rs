@@ -19,5 +19,6 @@ pub mod block_file;
 pub mod branch_log;
 pub mod checkpoint_log;
 pub mod fsutil;
+mod tag_chunk;
 pub mod tag_filter;
 pub mod wal;
