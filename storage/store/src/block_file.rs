@@ -14,6 +14,7 @@
 //! A row group is written column by column: tag columns by annals (`tag_chunk.rs`: their Arrow
 //! dictionary becomes the Parquet one), the others by parquet-rs's Arrow column writers.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
+use crate::tag_filter::TagFilter;
 
 /// Name of the time column in every block.
 pub const TIME_COLUMN: &str = "time";
@@ -300,7 +302,8 @@ impl BlockFileWriter {
             "block rows differ from its header"
         );
         let row_group = self.blocks.len() as u32;
-        self.write_row_group(batch, row_group as usize)
+        let tags = self
+            .write_row_group(batch, row_group as usize)
             .map_err(|source| BlockFileError::Parquet {
                 path: self.tmp_path.clone(),
                 source,
@@ -314,7 +317,7 @@ impl BlockFileWriter {
             header: header.encode(),
             signature: signature.to_vec(),
             row_group,
-            tags: crate::tag_filter::TagFilter::of_batch(batch),
+            tags,
             chunk_roots: chunk_roots.concat(),
         });
         self.rows += batch.num_rows() as u64;
@@ -323,12 +326,14 @@ impl BlockFileWriter {
 
     /// Writes `batch` as row group `index`: tag columns through [`crate::tag_chunk`] (their
     /// Arrow dictionary becomes the Parquet one), every other column through parquet-rs's
-    /// Arrow column writer.
+    /// Arrow column writer. Returns the block's tag filter, built from the distinct values the
+    /// tag chunks found (the same filter as [`TagFilter::of_batch`]).
     fn write_row_group(
         &mut self,
         batch: &RecordBatch,
         index: usize,
-    ) -> Result<(), parquet::errors::ParquetError> {
+    ) -> Result<Option<TagFilter>, parquet::errors::ParquetError> {
+        let mut pairs: HashSet<(&str, &str)> = HashSet::new();
         let writers = self.columns.create_column_writers(index)?;
         let descrs = self.writer.schema_descr().columns().to_vec();
         debug_assert_eq!(descrs.len(), self.schema.fields().len(), "a flat schema");
@@ -342,6 +347,16 @@ impl BlockFileWriter {
             .zip(&descrs)
         {
             if let Some(chunk) = crate::tag_chunk::encode(descr, array.as_ref(), PAGE_ROWS)? {
+                let values = array
+                    .as_dictionary::<Int32Type>()
+                    .values()
+                    .as_string::<i32>();
+                pairs.extend(
+                    chunk
+                        .distinct
+                        .iter()
+                        .map(|&slot| (field.name().as_str(), values.value(slot as usize))),
+                );
                 group.append_column(&chunk.bytes, chunk.close)?;
                 continue;
             }
@@ -351,7 +366,7 @@ impl BlockFileWriter {
             writer.close()?.append_to_row_group(&mut group)?;
         }
         group.close()?;
-        Ok(())
+        Ok(TagFilter::build(&pairs))
     }
 
     /// Writes the footer, fsyncs, renames to the final name and fsyncs the directory.
@@ -991,6 +1006,11 @@ mod tests {
                     );
                 }
             }
+            assert_eq!(
+                file.blocks()[g].tags,
+                TagFilter::of_batch(batch),
+                "row group {g}"
+            );
             // The canonical rows (what the audit re-hashes) are those of the written batch.
             assert_eq!(
                 row_encodings("t", &back).unwrap(),

@@ -40,6 +40,9 @@ const UNSEEN: u32 = u32::MAX;
 pub(crate) struct TagChunk {
     pub(crate) bytes: Bytes,
     pub(crate) close: ColumnCloseResult,
+    /// The Arrow dictionary slot of each value in the Parquet dictionary: the column's
+    /// distinct values, each once.
+    pub(crate) distinct: Vec<u32>,
 }
 
 /// Encodes `array` (a `Dictionary(Int32, Utf8)` column) as the column chunk `descr` names, in
@@ -108,7 +111,14 @@ pub(crate) fn encode(
             let end = (start + page_rows).min(rows);
             raw.clear();
             let mut count = end - start;
-            if descr.max_def_level() > 0 {
+            if descr.max_def_level() > 0 && validity.is_none() {
+                // Every row defined: one run of ones.
+                raw.extend_from_slice(&[0; 4]);
+                varint(((end - start) as u64) << 1, &mut raw);
+                raw.push(1);
+                let len = (raw.len() - 4) as u32;
+                raw[..4].copy_from_slice(&len.to_le_bytes());
+            } else if descr.max_def_level() > 0 {
                 levels.clear();
                 levels.extend(
                     (start..end)
@@ -175,6 +185,7 @@ pub(crate) fn encode(
             }),
         },
         bytes,
+        distinct: order,
     }))
 }
 
@@ -192,22 +203,28 @@ fn parquet_indices(
     let mut by_value: std::collections::HashMap<&[u8], u32> = std::collections::HashMap::new();
     let mut order: Vec<u32> = Vec::new();
     let mut indices = Vec::with_capacity(keys.len());
-    for (row, &k) in keys.iter().enumerate() {
-        if validity.is_some_and(|v| v.is_null(row)) {
-            continue;
+    let mut index_of = |slot: usize| {
+        let ix = slot_index[slot];
+        if ix != UNSEEN {
+            return ix;
         }
-        let slot = k as usize;
-        let mut ix = slot_index[slot];
-        if ix == UNSEEN {
-            ix = *by_value
-                .entry(values.value(slot).as_bytes())
-                .or_insert_with(|| {
-                    order.push(slot as u32);
-                    (order.len() - 1) as u32
-                });
-            slot_index[slot] = ix;
-        }
-        indices.push(ix);
+        let ix = *by_value
+            .entry(values.value(slot).as_bytes())
+            .or_insert_with(|| {
+                order.push(slot as u32);
+                (order.len() - 1) as u32
+            });
+        slot_index[slot] = ix;
+        ix
+    };
+    match validity {
+        None => indices.extend(keys.iter().map(|&k| index_of(k as usize))),
+        Some(v) => indices.extend(
+            keys.iter()
+                .zip(v.iter())
+                .filter(|(_, valid)| *valid)
+                .map(|(&k, _)| index_of(k as usize)),
+        ),
     }
     (indices, order)
 }
@@ -258,21 +275,40 @@ fn rle_hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
         }
         let groups = (end - i).div_ceil(8);
         varint(((groups as u64) << 1) | 1, out);
-        let mut acc = 0u64;
-        let mut bits = 0u32;
-        for g in 0..groups * 8 {
-            let v = values.get(i + g).copied().unwrap_or(0);
-            acc |= u64::from(v) << bits;
-            bits += u32::from(bit_width);
-            while bits >= 8 {
-                out.push(acc as u8);
-                acc >>= 8;
-                bits -= 8;
-            }
+        for group in values[i..end].chunks(8) {
+            pack_group(group, bit_width, out);
         }
-        debug_assert_eq!(bits, 0, "8 values fill whole bytes");
         i = end;
     }
+}
+
+/// Appends 8 values (fewer at the end of the input: zeros pad the group) bit-packed at
+/// `bit_width` bits each, least significant bit first: exactly `bit_width` bytes.
+#[inline]
+fn pack_group(group: &[u32], bit_width: u8, out: &mut Vec<u8>) {
+    debug_assert!(group.len() <= 8);
+    let width = u32::from(bit_width);
+    if width <= 8 {
+        // The whole group in one word (dictionaries of up to 256 values: nearly every tag).
+        let mut acc = 0u64;
+        for (j, &v) in group.iter().enumerate() {
+            acc |= u64::from(v) << (j as u32 * width);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..usize::from(bit_width)]);
+        return;
+    }
+    let mut acc = 0u64;
+    let mut bits = 0u32;
+    for j in 0..8 {
+        acc |= u64::from(group.get(j).copied().unwrap_or(0)) << bits;
+        bits += width;
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    debug_assert_eq!(bits, 0, "8 values fill whole bytes");
 }
 
 #[cfg(test)]
