@@ -236,10 +236,6 @@ impl BlockFileWriter {
             path: tmp_path.clone(),
             source,
         })?;
-        let perr = |source| BlockFileError::Parquet {
-            path: tmp_path.clone(),
-            source,
-        };
         // The Arrow writer sets the file up (Parquet schema, the Arrow schema in the footer);
         // row groups are then written column by column (`write_block`).
         let (writer, columns) = ArrowWriter::try_new(
@@ -248,7 +244,10 @@ impl BlockFileWriter {
             Some(writer_properties(block_rows_max, &schema)),
         )
         .and_then(ArrowWriter::into_serialized_writer)
-        .map_err(perr)?;
+        .map_err(|source| BlockFileError::Parquet {
+            path: tmp_path.clone(),
+            source,
+        })?;
         Ok(Self {
             tmp_path,
             final_path,
@@ -347,16 +346,7 @@ impl BlockFileWriter {
             .zip(&descrs)
         {
             if let Some(chunk) = crate::tag_chunk::encode(descr, array.as_ref(), PAGE_ROWS)? {
-                let values = array
-                    .as_dictionary::<Int32Type>()
-                    .values()
-                    .as_string::<i32>();
-                pairs.extend(
-                    chunk
-                        .distinct
-                        .iter()
-                        .map(|&slot| (field.name().as_str(), values.value(slot as usize))),
-                );
+                pairs.extend(chunk.distinct.iter().map(|&v| (field.name().as_str(), v)));
                 group.append_column(&chunk.bytes, chunk.close)?;
                 continue;
             }

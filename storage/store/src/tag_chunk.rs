@@ -37,22 +37,21 @@ use parquet::schema::types::ColumnDescPtr;
 const UNSEEN: u32 = u32::MAX;
 
 /// The encoded chunk: its bytes (dictionary page first) and what the row-group writer records.
-pub(crate) struct TagChunk {
+pub(crate) struct TagChunk<'a> {
     pub(crate) bytes: Bytes,
     pub(crate) close: ColumnCloseResult,
-    /// The Arrow dictionary slot of each value in the Parquet dictionary: the column's
-    /// distinct values, each once.
-    pub(crate) distinct: Vec<u32>,
+    /// The Parquet dictionary: the column's distinct values, each once.
+    pub(crate) distinct: Vec<&'a str>,
 }
 
 /// Encodes `array` (a `Dictionary(Int32, Utf8)` column) as the column chunk `descr` names, in
 /// data pages of `page_rows` rows. `None` when the column is not such a dictionary or has no
 /// value at all: the caller then writes it the ordinary way.
-pub(crate) fn encode(
+pub(crate) fn encode<'a>(
     descr: &ColumnDescPtr,
-    array: &dyn Array,
+    array: &'a dyn Array,
     page_rows: usize,
-) -> Result<Option<TagChunk>> {
+) -> Result<Option<TagChunk<'a>>> {
     let Some(dict) = array.as_dictionary_opt::<Int32Type>() else {
         return Ok(None);
     };
@@ -71,7 +70,8 @@ pub(crate) fn encode(
         )));
     }
     let (indices, order) = parquet_indices(dict, validity.as_ref());
-    let bit_width = bit_width(order.len());
+    let distinct: Vec<&str> = order.iter().map(|&k| values.value(k as usize)).collect();
+    let bit_width = bit_width(distinct.len());
 
     let mut sink = TrackedWrite::new(Vec::new());
     let mut locations = Vec::with_capacity(rows.div_ceil(page_rows));
@@ -88,14 +88,13 @@ pub(crate) fn encode(
     {
         let mut pages = SerializedPageWriter::new(&mut sink);
         let mut raw = Vec::new();
-        for &k in &order {
-            let v = values.value(k as usize).as_bytes();
+        for v in &distinct {
             raw.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            raw.extend_from_slice(v);
+            raw.extend_from_slice(v.as_bytes());
         }
         let dict_page = Page::DictionaryPage {
             buf: compress(&raw)?,
-            num_values: order.len() as u32,
+            num_values: distinct.len() as u32,
             encoding: Encoding::PLAIN,
             is_sorted: false,
         };
@@ -111,25 +110,26 @@ pub(crate) fn encode(
             let end = (start + page_rows).min(rows);
             raw.clear();
             let mut count = end - start;
-            if descr.max_def_level() > 0 && validity.is_none() {
-                // Every row defined: one run of ones.
-                raw.extend_from_slice(&[0; 4]);
-                varint(((end - start) as u64) << 1, &mut raw);
-                raw.push(1);
+            match &validity {
+                _ if descr.max_def_level() == 0 => {}
+                None => {
+                    // Every row defined: one run of ones.
+                    raw.extend_from_slice(&[0; 4]);
+                    varint(((end - start) as u64) << 1, &mut raw);
+                    raw.push(1);
+                }
+                Some(v) => {
+                    levels.clear();
+                    levels.extend((start..end).map(|r| u32::from(v.is_valid(r))));
+                    count = levels.iter().filter(|&&l| l == 1).count();
+                    raw.extend_from_slice(&[0; 4]);
+                    rle_hybrid(&levels, 1, &mut raw);
+                }
+            }
+            if descr.max_def_level() > 0 {
+                // The levels' byte length comes first.
                 let len = (raw.len() - 4) as u32;
                 raw[..4].copy_from_slice(&len.to_le_bytes());
-            } else if descr.max_def_level() > 0 {
-                levels.clear();
-                levels.extend(
-                    (start..end)
-                        .map(|r| u32::from(validity.as_ref().is_none_or(|v| v.is_valid(r)))),
-                );
-                count = levels.iter().filter(|&&l| l == 1).count();
-                let at = raw.len();
-                raw.extend_from_slice(&[0; 4]);
-                rle_hybrid(&levels, 1, &mut raw);
-                let len = (raw.len() - at - 4) as u32;
-                raw[at..at + 4].copy_from_slice(&len.to_le_bytes());
             }
             raw.push(bit_width);
             rle_hybrid(
@@ -185,7 +185,7 @@ pub(crate) fn encode(
             }),
         },
         bytes,
-        distinct: order,
+        distinct,
     }))
 }
 

@@ -7,9 +7,6 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
-use arrow::datatypes::{DataType, Int32Type};
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -56,7 +53,12 @@ impl TagFilter {
     }
 
     /// Builds the filter of a block's rows: every dictionary-encoded (tag) column's values.
-    pub fn of_batch(batch: &RecordBatch) -> Option<Self> {
+    /// The block file writer builds the same filter from the values its tag chunks found; this
+    /// is what the tests compare it with.
+    #[cfg(test)]
+    pub(crate) fn of_batch(batch: &arrow::record_batch::RecordBatch) -> Option<Self> {
+        use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
+        use arrow::datatypes::{DataType, Int32Type};
         let schema = batch.schema();
         let mut pairs: HashSet<(&str, &str)> = HashSet::new();
         for (field, col) in schema.fields().iter().zip(batch.columns()) {
@@ -115,6 +117,9 @@ mod hex_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Array, DictionaryArray};
+    use arrow::datatypes::Int32Type;
+    use arrow::record_batch::RecordBatch;
 
     #[test]
     fn members_are_found_and_most_others_are_not() {
