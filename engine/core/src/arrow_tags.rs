@@ -388,6 +388,59 @@ mod tests {
         }
     }
 
+    /// Tuples numbered by first appearance, the obvious way.
+    fn reference(cols: &[Vec<Option<String>>], n: usize) -> Vec<u32> {
+        let mut seen: HashMap<Vec<Option<String>>, u32> = HashMap::new();
+        (0..n)
+            .map(|r| {
+                let tuple: Vec<Option<String>> = cols.iter().map(|c| c[r].clone()).collect();
+                let next = seen.len() as u32;
+                *seen.entry(tuple).or_insert(next)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tuples_are_those_a_map_of_whole_tuples_gives() {
+        // Rounds over 40 devices (one of whose second tag changes), then runs of one device,
+        // then a scramble, with nulls: the tuples are those a map of whole tuples gives.
+        let n = 4000;
+        let device = |r: usize| -> usize {
+            match r {
+                0..=1999 => r % 40,
+                2000..=2999 => (r - 2000) / 25,
+                _ => (r * 7919 / 13) % 40,
+            }
+        };
+        let a: Vec<Option<String>> = (0..n)
+            .map(|r| (r % 97 != 3).then(|| format!("d{}", device(r))))
+            .collect();
+        let b: Vec<Option<String>> = (0..n)
+            .map(|r| {
+                Some(format!(
+                    "m{}",
+                    device(r) % 3 + usize::from(r > 1500 && device(r) == 5)
+                ))
+            })
+            .collect();
+        let cols = [a, b];
+        let arrays: Vec<ArrayRef> = cols
+            .iter()
+            .map(|c| Arc::new(StringArray::from(c.clone())) as ArrayRef)
+            .collect();
+        let t = TagTuples::build(&[&arrays[0], &arrays[1]], n).unwrap();
+        let expect = reference(&cols, n);
+        assert_eq!(t.tuple_of, expect);
+        assert!(t.count() > 40, "{} tuples", t.count());
+        for (c, col) in cols.iter().enumerate() {
+            assert_eq!(&strings(&t.columns[c]), col);
+        }
+        for (tup, &first) in t.first_row.iter().enumerate() {
+            assert_eq!(expect[first as usize], tup as u32);
+            assert!(expect[..first as usize].iter().all(|&e| e != tup as u32));
+        }
+    }
+
     /// The same column as `Utf8` and as a dictionary whose values repeat (keys 2k and 2k + 1
     /// name the same string) and include a null value.
     fn plain_and_dict(vals: &[Option<String>]) -> (ArrayRef, ArrayRef) {
