@@ -441,6 +441,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sliced_and_mixed_inputs_give_the_tuples_their_strings_give() {
+        // A plain column and a dictionary column (the row-at-a-time path takes both), each a slice of a
+        // longer array, with nulls and values long and short.
+        let n = 600;
+        let a: Vec<Option<String>> = (0..n + 50)
+            .map(|r| (r % 11 != 4).then(|| format!("{}{}", "x".repeat(r % 40), r % 9)))
+            .collect();
+        let b: Vec<Option<String>> = (0..n + 50)
+            .map(|r| (r % 13 != 2).then(|| format!("m{}", r % 5)))
+            .collect();
+        let plain: ArrayRef = Arc::new(StringArray::from(a.clone()));
+        let dict: ArrayRef = Arc::new(
+            b.iter()
+                .map(|v| v.as_deref())
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        let (plain, dict) = (plain.slice(30, n), dict.slice(30, n));
+        let cols = [a[30..30 + n].to_vec(), b[30..30 + n].to_vec()];
+        let t = TagTuples::build(&[&plain, &dict], n).unwrap();
+        assert_eq!(t.tuple_of, reference(&cols, n));
+        for (c, col) in cols.iter().enumerate() {
+            assert_eq!(&strings(&t.columns[c]), col);
+        }
+    }
+
     /// The same column as `Utf8` and as a dictionary whose values repeat (keys 2k and 2k + 1
     /// name the same string) and include a null value.
     fn plain_and_dict(vals: &[Option<String>]) -> (ArrayRef, ArrayRef) {
