@@ -443,8 +443,8 @@ mod tests {
 
     #[test]
     fn sliced_and_mixed_inputs_give_the_tuples_their_strings_give() {
-        // A plain column and a dictionary column (the row-at-a-time path takes both), each a slice of a
-        // longer array, with nulls and values long and short.
+        // A plain column and a dictionary column (the row-at-a-time path takes both), each a
+        // slice of a longer array, with nulls and values long and short.
         let n = 600;
         let a: Vec<Option<String>> = (0..n + 50)
             .map(|r| (r % 11 != 4).then(|| format!("{}{}", "x".repeat(r % 40), r % 9)))
