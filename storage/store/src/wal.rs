@@ -643,7 +643,7 @@ impl Wal {
             if !self.cfg.no_sync {
                 let path = self.segment_path();
                 fsutil::fdatasync_file(&self.file).map_err(io_err("syncing", &path))?;
-                self.release_through(self.written);
+                self.release_written();
             }
             self.synced = self.written;
         }
@@ -651,12 +651,12 @@ impl Wal {
         Ok(())
     }
 
-    /// Releases the cached pages of the first `durable` bytes of the current segment (on stable
-    /// storage), up to the page that holds the last of them: the next write extends that page,
-    /// which, released, would first have to be read back. Advice only: a failure is logged and
-    /// changes nothing else.
-    fn release_through(&mut self, durable: u64) {
-        let upto = durable / RELEASE_PAGE_BYTES * RELEASE_PAGE_BYTES;
+    /// Releases the cached pages of the current segment's written bytes, which the caller has
+    /// just synced, up to the page that holds the last of them: the next write extends that
+    /// page, which, released, would first have to be read back. Advice only: a failure is
+    /// logged and changes nothing else.
+    fn release_written(&mut self) {
+        let upto = self.written / RELEASE_PAGE_BYTES * RELEASE_PAGE_BYTES;
         if upto <= self.released {
             return;
         }
