@@ -257,8 +257,10 @@ fn rle_hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
         values[i..].iter().take_while(|&&x| x == v).count()
     };
     let mut i = 0;
+    // The length of the run at `i` when the bit-packed groups before it already measured it.
+    let mut measured = None;
     while i < values.len() {
-        let run = run_at(i);
+        let run = measured.take().unwrap_or_else(|| run_at(i));
         if run >= RUN_MIN {
             varint((run as u64) << 1, out);
             out.extend_from_slice(&values[i].to_le_bytes()[..value_bytes]);
@@ -269,7 +271,12 @@ fn rle_hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
         let mut end = i;
         loop {
             end = (end + 8).min(values.len());
-            if end == values.len() || run_at(end) >= RUN_MIN {
+            if end == values.len() {
+                break;
+            }
+            let run = run_at(end);
+            if run >= RUN_MIN {
+                measured = Some(run);
                 break;
             }
         }
