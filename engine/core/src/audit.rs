@@ -467,7 +467,7 @@ fn scan_wal(data_dir: &Path, r: &mut AuditReport) -> Result<WalBlocks, EngineErr
                     } => {
                         rows.entry((branch, height))
                             .or_default()
-                            .extend(rs.iter().map(|x| x.to_vec()));
+                            .extend(rs.into_iter().map(std::borrow::Cow::into_owned));
                     }
                     crate::walrec::WalRecord::Seal { branch, height, .. } => {
                         sealed.insert((branch, height));

@@ -399,7 +399,7 @@ impl Engine {
                             let t = decode_row(first).map_err(|e| e.to_string())?.table.to_owned();
                             tables.insert(branch, t);
                         }
-                        b.rows.extend(rows.iter().map(|r| r.to_vec()));
+                        b.rows.extend(rows.into_iter().map(std::borrow::Cow::into_owned));
                     }
                     WalRecord::Seal { branch, height, row_count, sealed_at, context } => {
                         if persisted.contains(&(branch, height)) {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! rows := 1:u8 | branch:16 | height:u64 | first_index:u32 | count:u32 | (len:u32 | row) * count
+//! batch := 4:u8 | branch:16 | height:u64 | first_index:u32 | count:u32 | table:str | ipc
 //! seal := 2:u8 | branch:16 | height:u64 | row_count:u32 | sealed_at:i64 | context:32
 //! request := 3:u8 | key:str | body_hash:u64 | default_time:i64 | part:u16 | parts:u16 | nchunks:u16
 //!            | (nruns:u32 | (branch:16 | height:u64 | first_index:u32 | count:u32) * nruns) * nchunks
@@ -9,17 +10,32 @@
 //! A request record follows the rows records of one shard's part of a request that carried an
 //! `Idempotency-Key`, in the same group commit: if it is durable, so are the rows it lists.
 //! Rows are canonical row encodings (the table is inside each), so replay needs nothing else.
+//! A batch record holds the same rows as Arrow columns instead: `ipc` (the rest of the record)
+//! is an Arrow IPC stream of one record batch of `count` rows in the block's schema (tags as
+//! `Dictionary(Int32, Utf8)`), and `table` the database-qualified name the canonical encodings
+//! carry. The writer logs a run of rows as whichever of the two is smaller: columns are about a
+//! quarter of the bytes of dense sensor rows, whose canonical encodings repeat every column's
+//! name, while a sparse row of a wide table is smaller as its encoding, which omits nulls.
+//! Decoding turns a batch record back into the canonical encodings
+//! ([`annals_storage::block_file::row_encodings`], the encoding `rows_root` is checked
+//! against), so replay and audit read one form.
 //! A seal record fixes everything of the header that is not derived from the rows, so a block
 //! rebuilt from the WAL after a crash has exactly the hash it had before.
 
+use std::borrow::Cow;
+
 use annals_format::block::BranchId;
 use annals_format::hash::Hash;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
 
 use crate::receipt::Run;
 
 const TAG_ROWS: u8 = 1;
 const TAG_SEAL: u8 = 2;
 const TAG_REQUEST: u8 = 3;
+const TAG_BATCH: u8 = 4;
 
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
@@ -28,7 +44,8 @@ pub enum WalRecord<'a> {
         branch: BranchId,
         height: u64,
         first_index: u32,
-        rows: Vec<&'a [u8]>,
+        /// Borrowed from a rows record, built from a batch record.
+        rows: Vec<Cow<'a, [u8]>>,
     },
     Seal {
         branch: BranchId,
@@ -101,6 +118,54 @@ pub fn encode_rows<'r>(
     }
 }
 
+/// Appends a batch record to `out` for `batch`, rows of `table` (database-qualified).
+///
+/// # Errors
+/// What Arrow's IPC writer reports; `out` may then hold part of a record and must be discarded.
+pub fn encode_batch(
+    out: &mut Vec<u8>,
+    branch: &BranchId,
+    height: u64,
+    first_index: u32,
+    table: &str,
+    batch: &RecordBatch,
+) -> Result<(), arrow::error::ArrowError> {
+    out.push(TAG_BATCH);
+    out.extend_from_slice(branch);
+    out.extend_from_slice(&height.to_le_bytes());
+    out.extend_from_slice(&first_index.to_le_bytes());
+    out.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
+    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    out.extend_from_slice(table.as_bytes());
+    let mut w = StreamWriter::try_new(out, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()
+}
+
+/// Reads a batch record's IPC stream: exactly one record batch of `count` rows.
+fn decode_batch(ipc: &[u8], count: usize) -> Result<RecordBatch, String> {
+    // The stream's end-of-stream marker, which the reader does not insist on.
+    const EOS: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+    if !ipc.ends_with(&EOS) {
+        return Err("batch record's IPC stream has no end marker".into());
+    }
+    let mut r = StreamReader::try_new(ipc, None).map_err(|e| format!("batch record: {e}"))?;
+    let batch = match r.next() {
+        Some(b) => b.map_err(|e| format!("batch record: {e}"))?,
+        None => return Err("batch record holds no record batch".into()),
+    };
+    if r.next().is_some() {
+        return Err("batch record holds more than one record batch".into());
+    }
+    if batch.num_rows() != count {
+        return Err(format!(
+            "batch record names {count} rows, its batch has {}",
+            batch.num_rows()
+        ));
+    }
+    Ok(batch)
+}
+
 /// Appends a seal record to `out`.
 pub fn encode_seal(
     out: &mut Vec<u8>,
@@ -147,13 +212,32 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
             let mut rows = Vec::with_capacity(count.min(b.len() / 4));
             for _ in 0..count {
                 let len = u32::from_le_bytes(arr(b)?) as usize;
-                rows.push(take(b, len)?);
+                rows.push(Cow::Borrowed(take(b, len)?));
             }
             WalRecord::Rows {
                 branch,
                 height,
                 first_index,
                 rows,
+            }
+        }
+        TAG_BATCH => {
+            let branch = arr::<16>(b)?;
+            let height = u64::from_le_bytes(arr(b)?);
+            let first_index = u32::from_le_bytes(arr(b)?);
+            let count = u32::from_le_bytes(arr(b)?) as usize;
+            let len = u32::from_le_bytes(arr(b)?) as usize;
+            let table = std::str::from_utf8(take(b, len)?)
+                .map_err(|_| "batch record's table is not UTF-8".to_string())?;
+            let ipc = std::mem::take(b);
+            let batch = decode_batch(ipc, count)?;
+            let rows = annals_storage::block_file::row_encodings(table, &batch)
+                .map_err(|e| format!("batch record: {e}"))?;
+            WalRecord::Rows {
+                branch,
+                height,
+                first_index,
+                rows: rows.into_iter().map(Cow::Owned).collect(),
             }
         }
         TAG_SEAL => WalRecord::Seal {
@@ -212,6 +296,7 @@ mod tests {
         let mut out = Vec::new();
         let rows: Vec<&[u8]> = vec![b"abc", b"", b"defg"];
         encode_rows(&mut out, &[7; 16], 3, 10, rows.iter().copied());
+        let rows: Vec<Cow<'_, [u8]>> = rows.into_iter().map(Cow::Borrowed).collect();
         assert_eq!(out.len(), rows_record_len(3, 7));
         assert_eq!(
             decode(&out).unwrap(),
@@ -259,5 +344,112 @@ mod tests {
             }
         );
         assert!(decode(&out[..10]).is_err());
+    }
+
+    /// A chunk as the writer has it: built by the ingest path, every column kind, with nulls.
+    fn chunk(rows: usize) -> (crate::prepare::Chunk, tempfile::TempDir) {
+        use annals_format::row::{ColumnRef, Kind, ValueRef};
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::Catalog::open(dir.path()).unwrap();
+        let cols = [
+            ("device", Kind::Tag),
+            ("site", Kind::Tag),
+            ("temp", Kind::F64),
+            ("count", Kind::I64),
+            ("seq", Kind::U64),
+            ("ok", Kind::Bool),
+            ("note", Kind::Str),
+        ];
+        let schema = catalog.ensure("db/t", &cols).unwrap();
+        let mut b = crate::prepare::ChunkBuilder::new(schema, rows);
+        let names: Vec<String> = (0..rows).map(|i| format!("dev-{}", i % 7)).collect();
+        let notes: Vec<String> = (0..rows).map(|i| "n".repeat(i % 5)).collect();
+        for i in 0..rows {
+            let mut c = vec![ColumnRef {
+                name: "device",
+                value: ValueRef::Tag(&names[i]),
+            }];
+            if i % 3 != 0 {
+                c.push(ColumnRef {
+                    name: "site",
+                    value: ValueRef::Tag(if i % 2 == 0 { "north" } else { "south" }),
+                });
+            }
+            c.push(ColumnRef {
+                name: "temp",
+                value: ValueRef::F64(if i == 4 { -0.0 } else { i as f64 * 0.5 }),
+            });
+            if i % 4 != 1 {
+                c.push(ColumnRef {
+                    name: "count",
+                    value: ValueRef::I64(-(i as i64)),
+                });
+            }
+            c.push(ColumnRef {
+                name: "seq",
+                value: ValueRef::U64(u64::MAX - i as u64),
+            });
+            c.push(ColumnRef {
+                name: "ok",
+                value: ValueRef::Bool(i % 2 == 0),
+            });
+            if i % 5 != 2 {
+                c.push(ColumnRef {
+                    name: "note",
+                    value: ValueRef::Str(&notes[i]),
+                });
+            }
+            c.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+            b.push(i as u32 + 1, 1_000 + i as i64, &c);
+        }
+        (b.finish().0, dir)
+    }
+
+    #[test]
+    fn a_batch_record_decodes_to_the_canonical_encodings_of_its_rows() {
+        let (chunk, _dir) = chunk(40);
+        for (off, len) in [(0, 40), (5, 17), (39, 1)] {
+            let mut out = Vec::new();
+            let slice = chunk.batch.slice(off, len);
+            encode_batch(&mut out, &[3; 16], 8, 11, "db/t", &slice).unwrap();
+            let rows: Vec<Cow<'_, [u8]>> = (off..off + len)
+                .map(|i| Cow::Borrowed(chunk.encoding(i)))
+                .collect();
+            assert_eq!(
+                decode(&out).unwrap(),
+                WalRecord::Rows {
+                    branch: [3; 16],
+                    height: 8,
+                    first_index: 11,
+                    rows
+                },
+                "rows {off}..{}",
+                off + len
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_batch_record_is_an_error() {
+        let (chunk, _dir) = chunk(10);
+        let mut out = Vec::new();
+        encode_batch(&mut out, &[3; 16], 0, 0, "db/t", &chunk.batch).unwrap();
+        // Cut anywhere, or a wrong row count, or a second batch: each is reported, none panics.
+        for cut in 1..out.len() {
+            assert!(decode(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wrong = out.clone();
+        wrong[29..33].copy_from_slice(&9u32.to_le_bytes());
+        assert!(decode(&wrong).unwrap_err().contains("names 9 rows"));
+        let mut two = Vec::new();
+        encode_batch(&mut two, &[3; 16], 0, 0, "db/t", &chunk.batch).unwrap();
+        let header = 1 + 16 + 8 + 4 + 4 + 4 + 4;
+        let mut w = StreamWriter::try_new(Vec::new(), &chunk.batch.schema()).unwrap();
+        w.write(&chunk.batch).unwrap();
+        w.write(&chunk.batch).unwrap();
+        w.finish().unwrap();
+        two.truncate(header);
+        two.extend_from_slice(&w.into_inner().unwrap());
+        assert!(decode(&two).unwrap_err().contains("more than one"));
     }
 }

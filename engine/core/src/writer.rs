@@ -426,10 +426,29 @@ impl Writer {
                 take /= 2;
             }
             let first_index = blk.rows() as u32;
-            // Encoded straight into the WAL's buffer: the rows are the bulk of what is written.
+            let rows_batch = chunk.batch.slice(off, take);
+            // Logged as columns, or as canonical encodings when those are smaller (walrec).
             let row_bytes = chunk.offsets[off + take] as usize - start;
-            self.wal
-                .append_with(walrec::rows_record_len(take, row_bytes), |buf| {
+            let rows_len = walrec::rows_record_len(take, row_bytes);
+            self.buf.clear();
+            walrec::encode_batch(
+                &mut self.buf,
+                &st.branch,
+                blk.height,
+                first_index,
+                &chunk.table.name,
+                &rows_batch,
+            )
+            .map_err(|e| EngineError::storage(format!("WAL batch record: {e}")))?;
+            let logged = if self.buf.len() < rows_len {
+                metrics::counter!("annals_wal_row_bytes_total", "form" => "columns")
+                    .increment(self.buf.len() as u64);
+                self.wal.append(&self.buf)
+            } else {
+                metrics::counter!("annals_wal_row_bytes_total", "form" => "encodings")
+                    .increment(rows_len as u64);
+                // Encoded straight into the WAL's buffer.
+                self.wal.append_with(rows_len, |buf| {
                     walrec::encode_rows(
                         buf,
                         &st.branch,
@@ -438,8 +457,8 @@ impl Writer {
                         (off..off + take).map(|i| chunk.encoding(i)),
                     )
                 })
-                .map_err(EngineError::storage)?;
-            let rows_batch = chunk.batch.slice(off, take);
+            };
+            logged.map_err(EngineError::storage)?;
             blk.mem.push(rows_batch.clone());
             if self
                 .unpublished
