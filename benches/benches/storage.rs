@@ -1,6 +1,8 @@
 //! The durable structures of `annals-storage`, fed with TSBS `iot` data:
 //! - WAL: 1 MiB batches of rows records (one per prepared chunk, as a shard writer logs them)
 //!   appended, then one `sync` (fdatasync) per batch, bytes/s; and the same without fsync;
+//! - WAL records: a chunk's rows encoded as a rows record (canonical encodings) and as a batch
+//!   record (Arrow IPC), per row, with each form's bytes printed;
 //! - branch log: appending one block header (+ signature), with and without its fsync, per block;
 //! - block file: one sealed 16384-row block written as a Parquet row group (Snappy) into an open
 //!   file, and a whole one-block file (create, write, footer, fsync, rename, directory fsync).
@@ -97,6 +99,78 @@ fn wal(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+fn wal_records(c: &mut Criterion) {
+    let chunks = chunks(4, common::BODY_LINES, 2);
+    let rows: usize = chunks.iter().map(Chunk::rows).sum();
+    let mut out = Vec::new();
+    let (mut rows_bytes, mut batch_bytes) = (0usize, 0usize);
+    for chunk in &chunks {
+        out.clear();
+        walrec::encode_rows(
+            &mut out,
+            &[0; 16],
+            0,
+            0,
+            (0..chunk.rows()).map(|r| chunk.encoding(r)),
+        );
+        rows_bytes += out.len();
+        out.clear();
+        walrec::encode_batch(&mut out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
+            .expect("batch encodes");
+        batch_bytes += out.len();
+    }
+    eprintln!(
+        "wal records: {} chunks, {rows} rows; rows records {rows_bytes} bytes ({:.1} per row), batch records {batch_bytes} bytes ({:.1} per row)",
+        chunks.len(),
+        rows_bytes as f64 / rows as f64,
+        batch_bytes as f64 / rows as f64
+    );
+    let mut group = c.benchmark_group("wal_record");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function("rows", |b| {
+        b.iter(|| {
+            for chunk in &chunks {
+                out.clear();
+                walrec::encode_rows(
+                    &mut out,
+                    &[0; 16],
+                    0,
+                    0,
+                    (0..chunk.rows()).map(|r| chunk.encoding(r)),
+                );
+                black_box(&out);
+            }
+        })
+    });
+    group.bench_function("batch", |b| {
+        b.iter(|| {
+            for chunk in &chunks {
+                out.clear();
+                walrec::encode_batch(&mut out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
+                    .expect("batch encodes");
+                black_box(&out);
+            }
+        })
+    });
+    group.bench_function("batch_decode", |b| {
+        let records: Vec<Vec<u8>> = chunks
+            .iter()
+            .map(|chunk| {
+                let mut f = Vec::new();
+                walrec::encode_batch(&mut f, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
+                    .expect("batch encodes");
+                f
+            })
+            .collect();
+        b.iter(|| {
+            for r in &records {
+                black_box(walrec::decode(r).expect("record decodes"));
+            }
+        })
+    });
     group.finish();
 }
 
@@ -228,6 +302,6 @@ fn block_file(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    targets = wal, branch_log, block_file
+    targets = wal, wal_records, branch_log, block_file
 }
 criterion_main!(benches);
