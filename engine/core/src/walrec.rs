@@ -18,7 +18,8 @@
 //! name, while a sparse row of a wide table is smaller as its encoding, which omits nulls.
 //! Decoding turns a batch record back into the canonical encodings
 //! ([`annals_storage::block_file::row_encodings`], the encoding `rows_root` is checked
-//! against), so replay and audit read one form.
+//! against), so replay and audit read one form. A build from before batch records stops at one
+//! with "unknown WAL record type 4" instead of misreading it.
 //! A seal record fixes everything of the header that is not derived from the rows, so a block
 //! rebuilt from the WAL after a crash has exactly the hash it had before.
 
