@@ -273,14 +273,10 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         let app = annals_http::router(engine.clone(), Some(query), http_cfg, metrics);
         // gRPC (Flight SQL) on the HTTP port too, as InfluxDB 3 clients expect (HTTP/2, no TLS).
         let app = app.merge(flight.into_router());
-        // With each connection's address: the write API limits bad device signatures per client.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        // Without TCP_NODELAY the last frame of a gRPC response (and its trailers) waits for
-        // the client's delayed ACK, about 40 ms per call.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string());
+        // Each request carries its connection's address (the write API limits bad device
+        // signatures per client); HTTP/2 takes large frames (Flight `DoPut` batches).
+        annals_http::listener::serve(listener, app, shutdown_signal()).await;
+        let served: Result<(), String> = Ok(());
         // MQTT connections finish their writes and acknowledgements before the engine stops.
         if let Some(m) = mqtt {
             m.shutdown().await;

@@ -151,6 +151,7 @@ impl AnnalsFlight {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), FlightError> {
         tonic::transport::Server::builder()
+            .max_frame_size(Some(GRPC_MAX_FRAME_BYTES))
             .add_service(self.into_server())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -160,6 +161,11 @@ impl AnnalsFlight {
             .map_err(|e| FlightError::Serve(e.to_string()))
     }
 }
+
+/// Largest HTTP/2 frame a client may send to `--grpc-addr` (hyper's default is 16 KiB): as on
+/// the HTTP port (`annals_http::listener`), a `DoPut` batch arrives in a few frames instead of
+/// dozens.
+pub const GRPC_MAX_FRAME_BYTES: u32 = 256 << 10;
 
 /// Authenticates a call's `authorization` header.
 pub(crate) fn authenticate(

@@ -33,6 +33,7 @@ pub mod devices;
 mod idempotency;
 pub mod jsonld;
 pub mod ledger;
+pub mod listener;
 pub mod query;
 pub mod subscribe;
 mod write;
