@@ -24,11 +24,17 @@
 //! rebuilt from the WAL after a crash has exactly the hash it had before.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use annals_format::block::BranchId;
 use annals_format::hash::Hash;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
+use arrow::ipc::writer::{
+    write_message, DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+};
 use arrow::record_batch::RecordBatch;
 
 use crate::receipt::Run;
@@ -119,35 +125,90 @@ pub fn encode_rows<'r>(
     }
 }
 
-/// Appends a batch record to `out` for `batch`, rows of `table` (database-qualified).
-///
-/// # Errors
-/// What Arrow's IPC writer reports; `out` may then hold part of a record and must be discarded.
-pub fn encode_batch(
-    out: &mut Vec<u8>,
-    branch: &BranchId,
-    height: u64,
-    first_index: u32,
-    table: &str,
-    batch: &RecordBatch,
-) -> Result<(), arrow::error::ArrowError> {
-    out.push(TAG_BATCH);
-    out.extend_from_slice(branch);
-    out.extend_from_slice(&height.to_le_bytes());
-    out.extend_from_slice(&first_index.to_le_bytes());
-    out.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
-    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
-    out.extend_from_slice(table.as_bytes());
-    let mut w = StreamWriter::try_new(out, &batch.schema())?;
-    w.write(batch)?;
-    w.finish()
+/// End of an Arrow IPC stream: continuation marker, then a zero length.
+const IPC_EOS: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+
+/// Builds batch records. It keeps each table's encoded schema message: building a schema's
+/// flatbuffer, field by field, cost about as much as copying a chunk's columns into the record
+/// (`--bench storage -- wal_record`). The stream is the one `StreamWriter` writes (a test
+/// compares them byte for byte). Holds one entry per table a writer has logged rows of.
+#[derive(Default)]
+pub struct BatchEncoder {
+    /// Per table: its schema, the encoded schema message and its count of dictionary fields.
+    schemas: HashMap<String, (SchemaRef, Vec<u8>, usize)>,
+    context: IpcWriteContext,
+}
+
+impl std::fmt::Debug for BatchEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchEncoder")
+            .field("schemas", &self.schemas.len())
+            .finish()
+    }
+}
+
+impl BatchEncoder {
+    /// Appends a batch record to `out` for `batch`, rows of `table` (database-qualified).
+    ///
+    /// # Errors
+    /// What Arrow's IPC encoder reports; `out` may then hold part of a record and must be
+    /// discarded.
+    pub fn encode(
+        &mut self,
+        out: &mut Vec<u8>,
+        branch: &BranchId,
+        height: u64,
+        first_index: u32,
+        table: &str,
+        batch: &RecordBatch,
+    ) -> Result<(), ArrowError> {
+        out.push(TAG_BATCH);
+        out.extend_from_slice(branch);
+        out.extend_from_slice(&height.to_le_bytes());
+        out.extend_from_slice(&first_index.to_le_bytes());
+        out.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
+        out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+        out.extend_from_slice(table.as_bytes());
+        let options = IpcWriteOptions::default();
+        let generator = IpcDataGenerator::default();
+        let schema = batch.schema();
+        let cached = self
+            .schemas
+            .get(table)
+            .is_some_and(|(s, _, _)| Arc::ptr_eq(s, &schema) || **s == *schema);
+        if !cached {
+            let mut tracker = DictionaryTracker::new(false);
+            let message =
+                generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut tracker, &options);
+            let mut bytes = Vec::new();
+            write_message(&mut bytes, message, &options)?;
+            let dictionaries = tracker.dict_id().len();
+            self.schemas
+                .insert(table.to_owned(), (schema, bytes, dictionaries));
+        }
+        let (_, schema_message, dictionaries) = &self.schemas[table];
+        out.extend_from_slice(schema_message);
+        // The schema message numbered the dictionary fields 0, 1, ... in field order; the
+        // batch's dictionaries must carry the same ids.
+        let mut tracker = DictionaryTracker::new(false);
+        for _ in 0..*dictionaries {
+            tracker.next_dict_id();
+        }
+        let (dicts, encoded) =
+            generator.encode(batch, &mut tracker, &options, &mut self.context)?;
+        for d in dicts {
+            write_message(&mut *out, d, &options)?;
+        }
+        write_message(&mut *out, encoded, &options)?;
+        out.extend_from_slice(&IPC_EOS);
+        Ok(())
+    }
 }
 
 /// Reads a batch record's IPC stream: exactly one record batch of `count` rows.
 fn decode_batch(ipc: &[u8], count: usize) -> Result<RecordBatch, String> {
-    // The stream's end-of-stream marker, which the reader does not insist on.
-    const EOS: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
-    if !ipc.ends_with(&EOS) {
+    // The reader does not insist on the end-of-stream marker.
+    if !ipc.ends_with(&IPC_EOS) {
         return Err("batch record's IPC stream has no end marker".into());
     }
     let mut r = StreamReader::try_new(ipc, None).map_err(|e| format!("batch record: {e}"))?;
@@ -412,7 +473,9 @@ mod tests {
         for (off, len) in [(0, 40), (5, 17), (39, 1)] {
             let mut out = Vec::new();
             let slice = chunk.batch.slice(off, len);
-            encode_batch(&mut out, &[3; 16], 8, 11, "db/t", &slice).unwrap();
+            BatchEncoder::default()
+                .encode(&mut out, &[3; 16], 8, 11, "db/t", &slice)
+                .unwrap();
             let rows: Vec<Cow<'_, [u8]>> = (off..off + len)
                 .map(|i| Cow::Borrowed(chunk.encoding(i)))
                 .collect();
@@ -434,7 +497,9 @@ mod tests {
     fn a_damaged_batch_record_is_an_error() {
         let (chunk, _dir) = chunk(10);
         let mut out = Vec::new();
-        encode_batch(&mut out, &[3; 16], 0, 0, "db/t", &chunk.batch).unwrap();
+        BatchEncoder::default()
+            .encode(&mut out, &[3; 16], 0, 0, "db/t", &chunk.batch)
+            .unwrap();
         // Cut anywhere, or a wrong row count, or a second batch: each is reported, none panics.
         for cut in 1..out.len() {
             assert!(decode(&out[..cut]).is_err(), "cut at {cut}");
@@ -443,14 +508,43 @@ mod tests {
         wrong[29..33].copy_from_slice(&9u32.to_le_bytes());
         assert!(decode(&wrong).unwrap_err().contains("names 9 rows"));
         let mut two = Vec::new();
-        encode_batch(&mut two, &[3; 16], 0, 0, "db/t", &chunk.batch).unwrap();
+        BatchEncoder::default()
+            .encode(&mut two, &[3; 16], 0, 0, "db/t", &chunk.batch)
+            .unwrap();
         let header = 1 + 16 + 8 + 4 + 4 + 4 + 4;
-        let mut w = StreamWriter::try_new(Vec::new(), &chunk.batch.schema()).unwrap();
+        let mut w =
+            arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &chunk.batch.schema()).unwrap();
         w.write(&chunk.batch).unwrap();
         w.write(&chunk.batch).unwrap();
         w.finish().unwrap();
         two.truncate(header);
         two.extend_from_slice(&w.into_inner().unwrap());
         assert!(decode(&two).unwrap_err().contains("more than one"));
+    }
+
+    /// The encoder's cached schema message gives the stream Arrow's own writer writes, for a
+    /// table's first record and for later ones, each slice with its own dictionaries.
+    #[test]
+    fn a_batch_record_holds_the_stream_arrows_writer_writes() {
+        let (chunk, _dir) = chunk(30);
+        let mut encoder = BatchEncoder::default();
+        for (off, len) in [(0, 30), (3, 11), (29, 1), (0, 30)] {
+            let slice = chunk.batch.slice(off, len);
+            let mut out = Vec::new();
+            encoder
+                .encode(&mut out, &[1; 16], 2, 3, "db/t", &slice)
+                .unwrap();
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &slice.schema()).unwrap();
+            w.write(&slice).unwrap();
+            w.finish().unwrap();
+            let header = 1 + 16 + 8 + 4 + 4 + 4 + "db/t".len();
+            assert_eq!(
+                &out[header..],
+                &w.into_inner().unwrap()[..],
+                "rows {off}+{len}"
+            );
+        }
+        assert_eq!(encoder.schemas.len(), 1);
     }
 }

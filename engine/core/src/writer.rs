@@ -152,6 +152,7 @@ pub struct Writer {
     /// Chunks of this turn with their newest row per series, for the last-value cache.
     newest: Vec<(String, RecordBatch, crate::last_values::Newest)>,
     buf: Vec<u8>,
+    batches: walrec::BatchEncoder,
 }
 
 impl std::fmt::Debug for Writer {
@@ -189,6 +190,7 @@ impl Writer {
             unpublished: Vec::new(),
             newest: Vec::new(),
             buf: Vec::with_capacity(1 << 20),
+            batches: walrec::BatchEncoder::default(),
         }
     }
 
@@ -431,15 +433,16 @@ impl Writer {
             let row_bytes = chunk.offsets[off + take] as usize - start;
             let rows_len = walrec::rows_record_len(take, row_bytes);
             self.buf.clear();
-            walrec::encode_batch(
-                &mut self.buf,
-                &st.branch,
-                blk.height,
-                first_index,
-                &chunk.table.name,
-                &rows_batch,
-            )
-            .map_err(|e| EngineError::storage(format!("WAL batch record: {e}")))?;
+            self.batches
+                .encode(
+                    &mut self.buf,
+                    &st.branch,
+                    blk.height,
+                    first_index,
+                    &chunk.table.name,
+                    &rows_batch,
+                )
+                .map_err(|e| EngineError::storage(format!("WAL batch record: {e}")))?;
             let logged = if self.buf.len() < rows_len {
                 metrics::counter!("annals_wal_row_bytes_total", "form" => "columns")
                     .increment(self.buf.len() as u64);
