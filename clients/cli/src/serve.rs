@@ -256,7 +256,9 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
                 println!("annals Flight SQL (gRPC) on {}", l.local_addr().map_err(|e| e.to_string())?);
                 let f = flight.clone();
                 Some(AbortOnDrop(tokio::spawn(async move {
-                    if let Err(e) = f.serve(l, shutdown_signal()).await {
+                    // The same frames as on the HTTP port.
+                    let frame = annals_http::listener::H2_MAX_FRAME_BYTES;
+                    if let Err(e) = f.serve(l, frame, shutdown_signal()).await {
                         error!(error = %e, "gRPC listener stopped");
                     }
                 })))
@@ -276,12 +278,11 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         // Each request carries its connection's address (the write API limits bad device
         // signatures per client); HTTP/2 takes large frames (Flight `DoPut` batches).
         annals_http::listener::serve(listener, app, shutdown_signal()).await;
-        let served: Result<(), String> = Ok(());
         // MQTT connections finish their writes and acknowledgements before the engine stops.
         if let Some(m) = mqtt {
             m.shutdown().await;
         }
-        served
+        Ok::<(), String>(())
     });
     info!("shutting down: sealing open blocks and finishing block files");
     let e2 = engine.clone();

@@ -144,14 +144,17 @@ impl AnnalsFlight {
         axum::Router::new().route_service(&path, svc)
     }
 
-    /// Serves the service alone on `listener` until `shutdown` resolves.
+    /// Serves the service alone on `listener` until `shutdown` resolves, taking HTTP/2 frames
+    /// of up to `max_frame_bytes` (hyper's default is 16 KiB; the HTTP port's setting is
+    /// `annals_http::listener::H2_MAX_FRAME_BYTES`).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        max_frame_bytes: u32,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), FlightError> {
         tonic::transport::Server::builder()
-            .max_frame_size(Some(GRPC_MAX_FRAME_BYTES))
+            .max_frame_size(Some(max_frame_bytes))
             .add_service(self.into_server())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -161,11 +164,6 @@ impl AnnalsFlight {
             .map_err(|e| FlightError::Serve(e.to_string()))
     }
 }
-
-/// Largest HTTP/2 frame a client may send to `--grpc-addr` (hyper's default is 16 KiB): as on
-/// the HTTP port (`annals_http::listener`), a `DoPut` batch arrives in a few frames instead of
-/// dozens.
-pub const GRPC_MAX_FRAME_BYTES: u32 = 256 << 10;
 
 /// Authenticates a call's `authorization` header.
 pub(crate) fn authenticate(
