@@ -106,6 +106,22 @@ pub fn rows_record_len(count: usize, row_bytes: usize) -> usize {
     1 + std::mem::size_of::<BranchId>() + 8 + 4 + 4 + 4 * count + row_bytes
 }
 
+/// The part rows and batch records share: type, then where the run of `count` rows goes.
+fn run_header(
+    out: &mut Vec<u8>,
+    tag: u8,
+    branch: &BranchId,
+    height: u64,
+    first_index: u32,
+    count: usize,
+) {
+    out.push(tag);
+    out.extend_from_slice(branch);
+    out.extend_from_slice(&height.to_le_bytes());
+    out.extend_from_slice(&first_index.to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+}
+
 /// Appends a rows record to `out` for `rows` (each a canonical encoding).
 pub fn encode_rows<'r>(
     out: &mut Vec<u8>,
@@ -114,11 +130,7 @@ pub fn encode_rows<'r>(
     first_index: u32,
     rows: impl ExactSizeIterator<Item = &'r [u8]>,
 ) {
-    out.push(TAG_ROWS);
-    out.extend_from_slice(branch);
-    out.extend_from_slice(&height.to_le_bytes());
-    out.extend_from_slice(&first_index.to_le_bytes());
-    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    run_header(out, TAG_ROWS, branch, height, first_index, rows.len());
     for r in rows {
         out.extend_from_slice(&(r.len() as u32).to_le_bytes());
         out.extend_from_slice(r);
@@ -128,10 +140,11 @@ pub fn encode_rows<'r>(
 /// End of an Arrow IPC stream: continuation marker, then a zero length.
 const IPC_EOS: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
 
-/// Builds batch records. It keeps each table's encoded schema message: building a schema's
-/// flatbuffer, field by field, cost about as much as copying a chunk's columns into the record
-/// (`--bench storage -- wal_record`). The stream is the one `StreamWriter` writes (a test
-/// compares them byte for byte). Holds one entry per table a writer has logged rows of.
+/// Builds batch records. It keeps each table's encoded schema message instead of building the
+/// schema's flatbuffer, field by field, for every record: about an eighth of a record's cost for
+/// chunks of 1,250 TSBS rows (`--bench storage -- wal_record`, `batch` against
+/// `batch_schema_each_time`). The stream is the one `StreamWriter` writes (a test compares them
+/// byte for byte). Holds one entry per table a writer has logged rows of.
 #[derive(Default)]
 pub struct BatchEncoder {
     /// Per table: its schema, the encoded schema message and its count of dictionary fields.
@@ -162,11 +175,14 @@ impl BatchEncoder {
         table: &str,
         batch: &RecordBatch,
     ) -> Result<(), ArrowError> {
-        out.push(TAG_BATCH);
-        out.extend_from_slice(branch);
-        out.extend_from_slice(&height.to_le_bytes());
-        out.extend_from_slice(&first_index.to_le_bytes());
-        out.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
+        run_header(
+            out,
+            TAG_BATCH,
+            branch,
+            height,
+            first_index,
+            batch.num_rows(),
+        );
         out.extend_from_slice(&(table.len() as u32).to_le_bytes());
         out.extend_from_slice(table.as_bytes());
         let options = IpcWriteOptions::default();
@@ -261,16 +277,23 @@ fn arr<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], String> {
     Ok(take(buf, N)?.try_into().expect("length checked"))
 }
 
+/// Reads what [`run_header`] wrote after the type: branch, height, first index, row count.
+fn read_run_header(b: &mut &[u8]) -> Result<(BranchId, u64, u32, usize), String> {
+    Ok((
+        arr::<16>(b)?,
+        u64::from_le_bytes(arr(b)?),
+        u32::from_le_bytes(arr(b)?),
+        u32::from_le_bytes(arr(b)?) as usize,
+    ))
+}
+
 /// Decodes one record; the WAL checksum already vouched for the bytes, so an error here means
 /// a bug or a foreign file and is reported as corruption.
 pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
     let b = &mut buf;
     let rec = match take(b, 1)?[0] {
         TAG_ROWS => {
-            let branch = arr::<16>(b)?;
-            let height = u64::from_le_bytes(arr(b)?);
-            let first_index = u32::from_le_bytes(arr(b)?);
-            let count = u32::from_le_bytes(arr(b)?) as usize;
+            let (branch, height, first_index, count) = read_run_header(b)?;
             let mut rows = Vec::with_capacity(count.min(b.len() / 4));
             for _ in 0..count {
                 let len = u32::from_le_bytes(arr(b)?) as usize;
@@ -284,10 +307,7 @@ pub fn decode(mut buf: &[u8]) -> Result<WalRecord<'_>, String> {
             }
         }
         TAG_BATCH => {
-            let branch = arr::<16>(b)?;
-            let height = u64::from_le_bytes(arr(b)?);
-            let first_index = u32::from_le_bytes(arr(b)?);
-            let count = u32::from_le_bytes(arr(b)?) as usize;
+            let (branch, height, first_index, count) = read_run_header(b)?;
             let len = u32::from_le_bytes(arr(b)?) as usize;
             let table = std::str::from_utf8(take(b, len)?)
                 .map_err(|_| "batch record's table is not UTF-8".to_string())?;
