@@ -103,27 +103,41 @@ fn wal(c: &mut Criterion) {
     group.finish();
 }
 
+/// `chunk` as a rows record, into `out`.
+fn rows_record(chunk: &Chunk, out: &mut Vec<u8>) {
+    out.clear();
+    walrec::encode_rows(
+        out,
+        &[0; 16],
+        0,
+        0,
+        (0..chunk.rows()).map(|r| chunk.encoding(r)),
+    );
+}
+
+/// `chunk` as a batch record, into `out`.
+fn batch_record(encoder: &mut walrec::BatchEncoder, chunk: &Chunk, out: &mut Vec<u8>) {
+    out.clear();
+    encoder
+        .encode(out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
+        .expect("batch encodes");
+}
+
 fn wal_records(c: &mut Criterion) {
     let chunks = chunks(4, common::BODY_LINES, 2);
     let rows: usize = chunks.iter().map(Chunk::rows).sum();
     let mut out = Vec::new();
-    let (mut rows_bytes, mut batch_bytes) = (0usize, 0usize);
+    let mut rows_bytes = 0usize;
+    let mut records: Vec<Vec<u8>> = Vec::with_capacity(chunks.len());
+    let mut encoder = walrec::BatchEncoder::default();
     for chunk in &chunks {
-        out.clear();
-        walrec::encode_rows(
-            &mut out,
-            &[0; 16],
-            0,
-            0,
-            (0..chunk.rows()).map(|r| chunk.encoding(r)),
-        );
+        rows_record(chunk, &mut out);
         rows_bytes += out.len();
-        out.clear();
-        walrec::BatchEncoder::default()
-            .encode(&mut out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
-            .expect("batch encodes");
-        batch_bytes += out.len();
+        let mut record = Vec::new();
+        batch_record(&mut encoder, chunk, &mut record);
+        records.push(record);
     }
+    let batch_bytes: usize = records.iter().map(Vec::len).sum();
     eprintln!(
         "wal records: {} chunks, {rows} rows; rows records {rows_bytes} bytes ({:.1} per row), batch records {batch_bytes} bytes ({:.1} per row)",
         chunks.len(),
@@ -135,27 +149,16 @@ fn wal_records(c: &mut Criterion) {
     group.bench_function("rows", |b| {
         b.iter(|| {
             for chunk in &chunks {
-                out.clear();
-                walrec::encode_rows(
-                    &mut out,
-                    &[0; 16],
-                    0,
-                    0,
-                    (0..chunk.rows()).map(|r| chunk.encoding(r)),
-                );
+                rows_record(chunk, &mut out);
                 black_box(&out);
             }
         })
     });
     group.bench_function("batch", |b| {
         // One encoder, as a writer keeps: each table's schema message is built once.
-        let mut encoder = walrec::BatchEncoder::default();
         b.iter(|| {
             for chunk in &chunks {
-                out.clear();
-                encoder
-                    .encode(&mut out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
-                    .expect("batch encodes");
+                batch_record(&mut encoder, chunk, &mut out);
                 black_box(&out);
             }
         })
@@ -163,25 +166,12 @@ fn wal_records(c: &mut Criterion) {
     group.bench_function("batch_schema_each_time", |b| {
         b.iter(|| {
             for chunk in &chunks {
-                out.clear();
-                walrec::BatchEncoder::default()
-                    .encode(&mut out, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
-                    .expect("batch encodes");
+                batch_record(&mut walrec::BatchEncoder::default(), chunk, &mut out);
                 black_box(&out);
             }
         })
     });
     group.bench_function("batch_decode", |b| {
-        let records: Vec<Vec<u8>> = chunks
-            .iter()
-            .map(|chunk| {
-                let mut f = Vec::new();
-                walrec::BatchEncoder::default()
-                    .encode(&mut f, &[0; 16], 0, 0, &chunk.table.name, &chunk.batch)
-                    .expect("batch encodes");
-                f
-            })
-            .collect();
         b.iter(|| {
             for r in &records {
                 black_box(walrec::decode(r).expect("record decodes"));
