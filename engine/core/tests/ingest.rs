@@ -235,15 +235,7 @@ fn reopen_continues_heights_keeps_tx_ids_and_chains_checkpoints() {
 
     let after = ledger(dir.path());
     assert_eq!(after.len(), 45 + 29);
-    for (tx, row) in &before {
-        let now = after
-            .get(tx)
-            .unwrap_or_else(|| panic!("row {tx} lost after reopen"));
-        assert_eq!(
-            (&now.branch, now.height, now.index, &now.encoding),
-            (&row.branch, row.height, row.index, &row.encoding)
-        );
-    }
+    assert_rows_kept(&before, &after, "after reopen");
     let positions: BTreeSet<(&str, u64, u32)> = after
         .values()
         .map(|r| (r.branch.as_str(), r.height, r.index))
@@ -288,6 +280,23 @@ fn reopen_continues_heights_keeps_tx_ids_and_chains_checkpoints() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("2 shards"), "{err}");
+}
+
+/// Every row of `before` is in `after` under its `tx_id`, at the same position, unchanged.
+fn assert_rows_kept(
+    before: &BTreeMap<String, StoredRow>,
+    after: &BTreeMap<String, StoredRow>,
+    when: &str,
+) {
+    for (tx, row) in before {
+        let now = after
+            .get(tx)
+            .unwrap_or_else(|| panic!("row {tx} lost {when}"));
+        assert_eq!(
+            (&now.branch, now.height, now.index, &now.encoding),
+            (&row.branch, row.height, row.index, &row.encoding)
+        );
+    }
 }
 
 fn catalog_snapshot(engine: &annals_engine::Engine) -> Vec<(String, Vec<(String, Kind)>)> {
@@ -1064,14 +1073,6 @@ fn a_crash_image_replays_rows_logged_as_columns_and_as_encodings() {
     drop(engine);
     let replayed = ledger(image.path());
     assert_eq!(replayed.len(), stored.len());
-    for (tx, row) in &stored {
-        let r = replayed
-            .get(tx)
-            .unwrap_or_else(|| panic!("row {tx} lost in replay"));
-        assert_eq!(
-            (&r.branch, r.height, r.index, &r.encoding),
-            (&row.branch, row.height, row.index, &row.encoding)
-        );
-    }
+    assert_rows_kept(&stored, &replayed, "in replay");
     audit_ok(image.path());
 }
