@@ -2,20 +2,19 @@
 //!
 //! Sensor batches repeat a few series many times: a batch of 5000 rows from 100 devices has 100
 //! distinct tag tuples. [`TagTuples::build`] gives every distinct tuple (the values of all tag
-//! columns of a row, nulls included) a number, in order of first appearance, by hashing the
-//! row's tag bytes once and comparing them with the tuple's first row. Each tag column then
-//! becomes a `Dictionary(Int32, Utf8)` array whose dictionary holds each value once (the form
-//! the table stores), built once per new tuple instead of once per row; and the series hash
-//! (`crate::prepare::series_hash`), which depends only on the table and the tags, is computed
-//! once per tuple by the caller.
+//! columns of a row, nulls included) a number, in order of first appearance. Each tag column
+//! then becomes a `Dictionary(Int32, Utf8)` array whose dictionary holds each value once (the
+//! form the table stores), built once per new tuple instead of once per row; and the series
+//! hash (`crate::prepare::series_hash`), which depends only on the table and the tags, is
+//! computed once per tuple by the caller.
 //!
-//! When every tag column comes as a dictionary (pyarrow's `dictionary_encode`, categorical
-//! columns), a row's dictionary keys name its tuple without a string being read: each distinct
-//! tuple of keys is looked up once as tag bytes, since two keys of one column may hold the same
-//! value (several key tuples can then share one tuple).
-//!
-//! Tuples (and key tuples) are told apart by their bytes, not by their hash alone: two whose
-//! hashes collide stay two (a chain per hash, [`ByteSet`]).
+//! A row's tuple is found in two passes. The first hashes the tag columns a column at a time
+//! into one running hash per row: a plain string column hashes each row's value, a dictionary
+//! column each of its values once and then looks a row's up by its key. The second looks each
+//! row's hash up among the tuples seen so far and compares the row with the candidate tuple's
+//! first row value by value (keys first, when both rows share a dictionary). Tuples are told
+//! apart by their values, not by their hash alone: tuples whose hashes collide stay apart in a
+//! chain per hash.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,45 +31,235 @@ use crate::prepare::Prehashed;
 /// No tuple follows in a hash chain.
 const CHAIN_END: u32 = u32::MAX;
 
-/// Distinct byte strings, numbered in order of insertion, found by a hash given with them.
-/// Strings whose hashes collide stay apart: each hash heads a chain of the strings with it.
-#[derive(Default)]
-struct ByteSet {
-    heads: HashMap<u64, u32, Prehashed>,
-    /// The next string with the same hash, per string.
-    chain: Vec<u32>,
-    bytes: Vec<u8>,
-    /// Where each string starts in `bytes`, and one past the last.
-    bounds: Vec<usize>,
+/// What a null value adds to a row's hash (any value's hash may equal it: rows are compared
+/// value by value before they share a tuple).
+const NULL_HASH: u64 = 0x6e75_6c6c_7461_6721;
+
+/// Folds the hash of a row's next tag value into the row's running hash; the order of the
+/// columns counts.
+#[inline]
+fn fold(acc: u64, value: u64) -> u64 {
+    (acc.rotate_left(23) ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-impl ByteSet {
-    /// The number of `s` (whose hash is `h`), and whether it was inserted just now.
-    fn find_or_insert(&mut self, h: u64, s: &[u8]) -> (u32, bool) {
-        if self.bounds.is_empty() {
-            self.bounds.push(0);
-        }
-        let mut at = self.heads.get(&h).copied().unwrap_or(CHAIN_END);
-        while at != CHAIN_END {
-            let i = at as usize;
-            if &self.bytes[self.bounds[i]..self.bounds[i + 1]] == s {
-                return (at, false);
-            }
-            at = self.chain[i];
-        }
-        let i = self.chain.len() as u32;
-        self.bytes.extend_from_slice(s);
-        self.bounds.push(self.bytes.len());
-        self.chain
-            .push(self.heads.insert(h, i).unwrap_or(CHAIN_END));
-        (i, true)
+/// The words a value of at most 16 bytes is read as: together they cover every byte, so
+/// two values of one length are equal exactly when their words are.
+#[inline]
+fn words(v: &[u8]) -> (u64, u64) {
+    let n = v.len();
+    if n >= 8 {
+        let a = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(v[n - 8..].try_into().expect("8 bytes"));
+        (a, b)
+    } else if n >= 4 {
+        let a = u32::from_le_bytes(v[..4].try_into().expect("4 bytes"));
+        let b = u32::from_le_bytes(v[n - 4..].try_into().expect("4 bytes"));
+        (u64::from(a), u64::from(b))
+    } else if n > 0 {
+        let a = u64::from(v[0]) | u64::from(v[n / 2]) << 8 | u64::from(v[n - 1]) << 16;
+        (a, 0)
+    } else {
+        (0, 0)
     }
+}
+
+/// The hash of one tag value: values of at most 16 bytes (most tags) inline, longer ones
+/// through XXH3.
+#[inline]
+fn value_hash(v: &[u8]) -> u64 {
+    if v.len() > 16 {
+        return xxh3_64(v);
+    }
+    let (a, b) = words(v);
+    let x = u128::from(a ^ 0xa076_1d64_78bd_642f)
+        * u128::from(b ^ 0xe703_7ed1_a0b4_28db ^ v.len() as u64);
+    (x as u64) ^ ((x >> 64) as u64)
+}
+
+/// Whether two values hold the same bytes; values of at most 16 bytes without a call.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && if a.len() <= 16 {
+            words(a) == words(b)
+        } else {
+            a == b
+        }
 }
 
 /// One input tag column, read a row at a time.
 enum Values<'a> {
     Plain(&'a StringArray),
     Dict(&'a [i32], &'a StringArray),
+}
+
+/// One tag column as the two passes read it.
+struct Column<'a> {
+    values: Values<'a>,
+    /// Rows with no value (for a dictionary, also keys to a null value).
+    nulls: Option<&'a NullBuffer>,
+}
+
+impl Column<'_> {
+    fn is_null(&self, row: usize) -> bool {
+        self.nulls.is_some_and(|b| b.is_null(row))
+    }
+
+    /// The value of a row known not to be null.
+    #[inline]
+    fn str(&self, row: usize) -> &str {
+        match &self.values {
+            Values::Plain(s) => s.value(row),
+            Values::Dict(keys, s) => s.value(keys[row] as usize),
+        }
+    }
+
+    fn value(&self, row: usize) -> Option<&str> {
+        (!self.is_null(row)).then(|| self.str(row))
+    }
+
+    /// Whether rows `a` and `b` hold the same value (both null counts as the same).
+    #[inline(always)]
+    fn same(&self, a: usize, b: usize) -> bool {
+        match (self.is_null(a), self.is_null(b)) {
+            (true, true) => true,
+            (false, false) => match &self.values {
+                Values::Plain(s) => same_bytes(s.value(a).as_bytes(), s.value(b).as_bytes()),
+                Values::Dict(keys, s) => {
+                    keys[a] == keys[b]
+                        || same_bytes(
+                            s.value(keys[a] as usize).as_bytes(),
+                            s.value(keys[b] as usize).as_bytes(),
+                        )
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether every row holds the value of its tuple's first row.
+    fn matches_first(&self, tuple_of: &[u32], first_row: &[u32]) -> bool {
+        let first = |t: u32| first_row[t as usize] as usize;
+        match (&self.values, self.nulls) {
+            (Values::Plain(s), None) => {
+                let (offs, data) = (s.value_offsets(), s.value_data());
+                let at = |row: usize| &data[offs[row] as usize..offs[row + 1] as usize];
+                tuple_of
+                    .iter()
+                    .enumerate()
+                    .all(|(row, &t)| same_bytes(at(row), at(first(t))))
+            }
+            (Values::Plain(s), Some(nulls)) => {
+                let (offs, data) = (s.value_offsets(), s.value_data());
+                let at = |row: usize| &data[offs[row] as usize..offs[row + 1] as usize];
+                tuple_of.iter().enumerate().all(|(row, &t)| {
+                    let f = first(t);
+                    match (nulls.is_null(row), nulls.is_null(f)) {
+                        (false, false) => same_bytes(at(row), at(f)),
+                        (a, b) => a == b,
+                    }
+                })
+            }
+            (Values::Dict(keys, _), None) => tuple_of
+                .iter()
+                .enumerate()
+                .all(|(row, &t)| keys[row] == keys[first(t)] || self.same(row, first(t))),
+            _ => tuple_of
+                .iter()
+                .enumerate()
+                .all(|(row, &t)| self.same(row, first(t))),
+        }
+    }
+
+    /// Folds each row's value hash into `hashes`.
+    fn fold_into(&self, hashes: &mut [u64], hash: &impl Fn(&[u8]) -> u64) {
+        let of_row = |row: usize, h: u64| if self.is_null(row) { NULL_HASH } else { h };
+        match &self.values {
+            Values::Plain(s) => {
+                let (offs, data) = (s.value_offsets(), s.value_data());
+                for (row, acc) in hashes.iter_mut().enumerate() {
+                    let v = &data[offs[row] as usize..offs[row + 1] as usize];
+                    let h = match self.nulls {
+                        None => hash(v),
+                        Some(_) => of_row(row, hash(v)),
+                    };
+                    *acc = fold(*acc, h);
+                }
+            }
+            Values::Dict(keys, s) => {
+                if s.len() > hashes.len() {
+                    // A dictionary longer than the batch (one kept across a stream): hash
+                    // the values the rows name.
+                    for (row, acc) in hashes.iter_mut().enumerate() {
+                        let h = match self.value(row) {
+                            None => NULL_HASH,
+                            Some(v) => hash(v.as_bytes()),
+                        };
+                        *acc = fold(*acc, h);
+                    }
+                    return;
+                }
+                // Each dictionary value once; a null value's slot is never read (its rows
+                // are null).
+                let value_hashes: Vec<u64> =
+                    (0..s.len()).map(|k| hash(s.value(k).as_bytes())).collect();
+                for (row, acc) in hashes.iter_mut().enumerate() {
+                    let h = if self.is_null(row) {
+                        NULL_HASH
+                    } else {
+                        value_hashes[keys[row] as usize]
+                    };
+                    *acc = fold(*acc, h);
+                }
+            }
+        }
+    }
+}
+
+/// The tuple of each row and the first row of each tuple, taking rows with one hash as one
+/// tuple.
+fn by_hash(hashes: &[u64]) -> (Vec<u32>, Vec<u32>) {
+    let mut tuples: HashMap<u64, u32, Prehashed> = HashMap::default();
+    let mut first_row: Vec<u32> = Vec::new();
+    let tuple_of = hashes
+        .iter()
+        .enumerate()
+        .map(|(row, &h)| {
+            let next = first_row.len() as u32;
+            *tuples.entry(h).or_insert_with(|| {
+                first_row.push(row as u32);
+                next
+            })
+        })
+        .collect();
+    (tuple_of, first_row)
+}
+
+/// The tuple of each row and the first row of each tuple, comparing each row value by value
+/// with the tuples whose hash it has.
+fn chained(cols: &[Column<'_>], hashes: &[u64]) -> (Vec<u32>, Vec<u32>) {
+    let mut heads: HashMap<u64, u32, Prehashed> = HashMap::default();
+    // The next tuple with the same hash, per tuple.
+    let mut chain: Vec<u32> = Vec::new();
+    let mut first_row: Vec<u32> = Vec::new();
+    let mut tuple_of: Vec<u32> = Vec::with_capacity(hashes.len());
+    for (row, &h) in hashes.iter().enumerate() {
+        let mut at = heads.get(&h).copied().unwrap_or(CHAIN_END);
+        while at != CHAIN_END {
+            let first = first_row[at as usize] as usize;
+            if cols.iter().all(|c| c.same(row, first)) {
+                break;
+            }
+            at = chain[at as usize];
+        }
+        if at == CHAIN_END {
+            at = first_row.len() as u32;
+            first_row.push(row as u32);
+            chain.push(heads.insert(h, at).unwrap_or(CHAIN_END));
+        }
+        tuple_of.push(at);
+    }
+    (tuple_of, first_row)
 }
 
 /// A tag column as `Utf8` or `Dictionary(Int32, Utf8)` (other string types are cast first).
@@ -104,10 +293,10 @@ impl TagTuples {
     /// Numbers the tag tuples of `n` rows of `inputs` (tag columns of any string type, or
     /// dictionaries of them). `Err((column, error))`: column `column` cannot be read as strings.
     pub(crate) fn build(inputs: &[&ArrayRef], n: usize) -> Result<TagTuples, (usize, ArrowError)> {
-        Self::build_with(inputs, n, xxh3_64)
+        Self::build_with(inputs, n, value_hash)
     }
 
-    /// [`TagTuples::build`] with the hash of a row's tag bytes given (tests force collisions).
+    /// [`TagTuples::build`] with the hash of a tag value given (tests force collisions).
     fn build_with(
         inputs: &[&ArrayRef],
         n: usize,
@@ -122,125 +311,64 @@ impl TagTuples {
             .iter()
             .map(|a| a.logical_nulls().filter(|b| b.null_count() > 0))
             .collect();
-        let values: Vec<Values<'_>> = normalized
-            .iter()
-            .map(|a| match a.data_type() {
-                DataType::Utf8 => Values::Plain(a.as_string::<i32>()),
-                _ => {
-                    let d = a.as_dictionary::<Int32Type>();
-                    Values::Dict(d.keys().values(), d.values().as_string::<i32>())
-                }
-            })
-            .collect();
-        let value = |c: usize, row: usize| -> Option<&str> {
-            if nulls[c].as_ref().is_some_and(|b| b.is_null(row)) {
-                return None;
-            }
-            Some(match &values[c] {
-                Values::Plain(s) => s.value(row),
-                Values::Dict(keys, s) => s.value(keys[row] as usize),
-            })
-        };
-        let width = inputs.len();
-        // A row's tag bytes: per column 0 for null, or 1, length and value.
-        let tag_bytes = |row: usize, out: &mut Vec<u8>| {
-            out.clear();
-            for c in 0..width {
-                match value(c, row) {
-                    None => out.push(0),
-                    Some(v) => {
-                        out.push(1);
-                        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                        out.extend_from_slice(v.as_bytes());
-                    }
-                }
-            }
-        };
-        // When every column is a dictionary, a row's keys (u32::MAX for null) name its tuple
-        // without reading a string: only a key tuple not seen before is read as tag bytes (two
-        // keys of one column may hold the same value, so key tuples map to tuples, not 1:1).
-        let dict_keys: Option<Vec<(&[i32], Option<&NullBuffer>)>> = values
+        let cols: Vec<Column<'_>> = normalized
             .iter()
             .zip(&nulls)
-            .map(|(v, n)| match v {
-                Values::Dict(keys, _) => Some((*keys, n.as_ref())),
-                Values::Plain(_) => None,
+            .map(|(a, nulls)| Column {
+                values: match a.data_type() {
+                    DataType::Utf8 => Values::Plain(a.as_string::<i32>()),
+                    _ => {
+                        let d = a.as_dictionary::<Int32Type>();
+                        Values::Dict(d.keys().values(), d.values().as_string::<i32>())
+                    }
+                },
+                nulls: nulls.as_ref(),
             })
             .collect();
+        let width = cols.len();
 
-        let mut tuples = ByteSet::default();
-        let mut first_row: Vec<u32> = Vec::new();
-        // Per column: each value's dictionary key, and the values in key order.
+        // Pass 1: each row's hash of its tag values, a column at a time.
+        let mut hashes: Vec<u64> = vec![width as u64; n];
+        for col in &cols {
+            col.fold_into(&mut hashes, &hash);
+        }
+
+        // Pass 2: a tuple per distinct hash, numbered in order of first appearance. Pass 3: every
+        // row checked against its tuple's first row, a column at a time. Should two different
+        // tuples share a hash, the rows are numbered again one at a time, a chain per hash.
+        let (mut tuple_of, mut first_row) = by_hash(&hashes);
+        if !cols.iter().all(|c| c.matches_first(&tuple_of, &first_row)) {
+            (tuple_of, first_row) = chained(&cols, &hashes);
+        }
+        // Per column: each value's dictionary key, and the values in key order (the order of
+        // first use).
         let mut interned: Vec<HashMap<&str, i32>> = vec![HashMap::new(); width];
         let mut dict_values: Vec<Vec<&str>> = vec![Vec::new(); width];
-        // Each tuple's key per column (0 for null: the null buffer hides it).
-        let mut tuple_keys: Vec<i32> = Vec::new();
-        let mut tuple_of: Vec<u32> = Vec::with_capacity(n);
-        // The tuple of `row`, numbering it (and interning its values) when it is new.
-        let mut tuple_at = |row: usize, row_bytes: &mut Vec<u8>| -> u32 {
-            tag_bytes(row, row_bytes);
-            let (t, new) = tuples.find_or_insert(hash(row_bytes), row_bytes);
-            if new {
-                first_row.push(row as u32);
-                for c in 0..width {
-                    let key = match value(c, row) {
-                        None => 0,
-                        Some(v) => *interned[c].entry(v).or_insert_with(|| {
-                            dict_values[c].push(v);
-                            (dict_values[c].len() - 1) as i32
-                        }),
-                    };
-                    tuple_keys.push(key);
-                }
-            }
-            t
-        };
-
-        let mut row_bytes: Vec<u8> = Vec::with_capacity(256);
-        match dict_keys {
-            Some(dict_keys) => {
-                let mut key_tuples = ByteSet::default();
-                let mut key_tuple_to_tuple: Vec<u32> = Vec::new();
-                let mut key_bytes: Vec<u8> = Vec::with_capacity(4 * width);
-                for row in 0..n {
-                    key_bytes.clear();
-                    for (keys, nulls) in &dict_keys {
-                        let k = if nulls.is_some_and(|b| b.is_null(row)) {
-                            u32::MAX
-                        } else {
-                            keys[row] as u32
-                        };
-                        key_bytes.extend_from_slice(&k.to_le_bytes());
-                    }
-                    let (k, new) = key_tuples.find_or_insert(hash(&key_bytes), &key_bytes);
-                    if new {
-                        key_tuple_to_tuple.push(tuple_at(row, &mut row_bytes));
-                    }
-                    tuple_of.push(key_tuple_to_tuple[k as usize]);
-                }
-            }
-            None => {
-                for row in 0..n {
-                    let t = tuple_at(row, &mut row_bytes);
-                    tuple_of.push(t);
-                }
+        // Per column, each tuple's key (0 for null: the null buffer hides it).
+        let mut tuple_keys: Vec<Vec<i32>> = vec![Vec::with_capacity(first_row.len()); width];
+        for &row in &first_row {
+            for (c, col) in cols.iter().enumerate() {
+                let key = match col.value(row as usize) {
+                    None => 0,
+                    Some(v) => *interned[c].entry(v).or_insert_with(|| {
+                        dict_values[c].push(v);
+                        (dict_values[c].len() - 1) as i32
+                    }),
+                };
+                tuple_keys[c].push(key);
             }
         }
         // Each column's keys: its key in the row's tuple.
-        let keys: Vec<Vec<i32>> = (0..width)
-            .map(|c| {
-                tuple_of
-                    .iter()
-                    .map(|&t| tuple_keys[t as usize * width + c])
-                    .collect()
-            })
+        let keys: Vec<Vec<i32>> = tuple_keys
+            .iter()
+            .map(|of_tuple| tuple_of.iter().map(|&t| of_tuple[t as usize]).collect())
             .collect();
 
         let columns = normalized
             .iter()
             .zip(keys)
             .zip(dict_values)
-            .zip(nulls)
+            .zip(&nulls)
             .enumerate()
             .map(|(c, (((input, keys), dict), nulls))| {
                 if dict.is_empty() {
@@ -248,7 +376,7 @@ impl TagTuples {
                     return Ok(input.clone());
                 }
                 let values: ArrayRef = Arc::new(StringArray::from_iter_values(dict));
-                let keys = Int32Array::new(keys.into(), nulls);
+                let keys = Int32Array::new(keys.into(), nulls.clone());
                 DictionaryArray::<Int32Type>::try_new(keys, values)
                     .map(|d| Arc::new(d) as ArrayRef)
                     .map_err(|e| (c, e))
@@ -464,6 +592,52 @@ mod tests {
         assert_eq!(t.tuple_of, reference(&cols, n));
         for (c, col) in cols.iter().enumerate() {
             assert_eq!(&strings(&t.columns[c]), col);
+        }
+    }
+
+    #[test]
+    fn values_are_equal_exactly_when_their_words_are() {
+        // Every length up to 20, and for each a change of any one byte: equal words must mean
+        // equal bytes, and equal bytes equal hashes.
+        for len in 0..=20usize {
+            let base: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&base, &base.clone()));
+            assert_eq!(value_hash(&base), value_hash(&base.clone()));
+            for at in 0..len {
+                let mut other = base.clone();
+                other[at] ^= 0x20;
+                assert!(!same_bytes(&base, &other), "len {len}, byte {at}");
+            }
+            let longer = [&base[..], b"x"].concat();
+            assert!(!same_bytes(&base, &longer));
+        }
+    }
+
+    #[test]
+    fn a_dictionary_longer_than_the_batch_gives_the_tuples_its_strings_give() {
+        // One dictionary of 1,000 values (each twice) for 40 rows: the rows' values are
+        // hashed through their keys, not the whole dictionary.
+        let values: Vec<String> = (0..1000).map(|k| format!("v{}", k / 2)).collect();
+        let keys: Vec<Option<i32>> = (0..40)
+            .map(|r| (r % 9 != 4).then_some((r * 37) % 1000))
+            .collect();
+        let dict: ArrayRef = Arc::new(
+            DictionaryArray::<Int32Type>::try_new(
+                Int32Array::from(keys.clone()),
+                Arc::new(StringArray::from_iter_values(values.iter())),
+            )
+            .unwrap(),
+        );
+        let col: Vec<Option<String>> = keys
+            .iter()
+            .map(|k| k.map(|k| values[k as usize].clone()))
+            .collect();
+        for t in [
+            TagTuples::build(&[&dict], 40).unwrap(),
+            TagTuples::build_with(&[&dict], 40, |_| 3).unwrap(),
+        ] {
+            assert_eq!(t.tuple_of, reference(std::slice::from_ref(&col), 40));
+            assert_eq!(strings(&t.columns[0]), col);
         }
     }
 
