@@ -518,6 +518,12 @@ fn fill<V: AsRef<[u8]>>(
     col: &Col<'_>,
     value: impl Fn(usize) -> V,
 ) {
+    if col.valid.is_none() {
+        for (at, &row) in cursor.iter_mut().zip(rows) {
+            *at = prefix.write(enc, *at, value(row as usize).as_ref());
+        }
+        return;
+    }
     for (k, &row) in rows.iter().enumerate() {
         let row = row as usize;
         if col.is_valid(row) {
@@ -711,17 +717,21 @@ pub fn prepare_arrow(
     let mut ncols: Vec<u16> = vec![0; n];
     for ((c, a), prefix) in cols.iter().zip(&access).zip(&prefixes) {
         let valid = |row: usize| c.is_valid(row);
-        let mut add = |row: usize, value_len: usize| {
-            lens[row] += prefix.encoded_len(value_len) as u32;
+        let mut add = |row: usize, len: u32| {
+            lens[row] += len;
             ncols[row] += 1;
         };
         match a {
             Access::Tag(keys, values) => {
+                // The encoded length of each dictionary value, once.
                 let offs = values.value_offsets();
+                let key_len: Vec<u32> = offs
+                    .windows(2)
+                    .map(|w| prefix.encoded_len((w[1] - w[0]) as usize) as u32)
+                    .collect();
                 for (row, &k) in keys.iter().enumerate() {
                     if valid(row) {
-                        let k = k as usize;
-                        add(row, (offs[k + 1] - offs[k]) as usize);
+                        add(row, key_len[k as usize]);
                     }
                 }
             }
@@ -729,15 +739,26 @@ pub fn prepare_arrow(
                 let offs = values.value_offsets();
                 for row in 0..n {
                     if valid(row) {
-                        add(row, (offs[row + 1] - offs[row]) as usize);
+                        add(
+                            row,
+                            prefix.encoded_len((offs[row + 1] - offs[row]) as usize) as u32,
+                        );
                     }
                 }
             }
             Access::F64(_) | Access::I64(_) | Access::U64(_) | Access::Bool(_) => {
                 let width = if matches!(a, Access::Bool(_)) { 1 } else { 8 };
-                for row in 0..n {
-                    if valid(row) {
-                        add(row, width);
+                let len = prefix.encoded_len(width) as u32;
+                if c.valid.is_none() {
+                    for (l, k) in lens.iter_mut().zip(ncols.iter_mut()) {
+                        *l += len;
+                        *k += 1;
+                    }
+                } else {
+                    for row in 0..n {
+                        if valid(row) {
+                            add(row, len);
+                        }
                     }
                 }
             }

@@ -341,7 +341,7 @@ impl ColumnPrefix {
 
     /// Writes this column with `value` (a string's UTF-8 bytes, or a number's or bool's
     /// little-endian bytes) at `at` in `enc`; returns where the next column starts.
-    #[inline]
+    #[inline(always)]
     pub fn write(&self, enc: &mut [u8], at: usize, value: &[u8]) -> usize {
         let mut at = at;
         put_short(&mut enc[at..], &self.bytes);
