@@ -1,4 +1,4 @@
-//! The tag columns of an Arrow batch, taken a row at a time as one tuple.
+//! The tag columns of an Arrow batch, taken together as one tuple per row.
 //!
 //! Sensor batches repeat a few series many times: a batch of 5000 rows from 100 devices has 100
 //! distinct tag tuples. [`TagTuples::build`] gives every distinct tuple (the values of all tag
@@ -8,13 +8,14 @@
 //! hash (`crate::prepare::series_hash`), which depends only on the table and the tags, is
 //! computed once per tuple by the caller.
 //!
-//! A row's tuple is found in two passes. The first hashes the tag columns a column at a time
-//! into one running hash per row: a plain string column hashes each row's value, a dictionary
-//! column each of its values once and then looks a row's up by its key. The second looks each
-//! row's hash up among the tuples seen so far and compares the row with the candidate tuple's
-//! first row value by value (keys first, when both rows share a dictionary). Tuples are told
-//! apart by their values, not by their hash alone: tuples whose hashes collide stay apart in a
-//! chain per hash.
+//! A row's tuple is found in three passes. The first hashes the tag columns a column at a
+//! time into one running hash per row: a plain string column hashes each row's value, a
+//! dictionary column each of its values once and then looks a row's up by its key. The second
+//! numbers the distinct hashes in order of first appearance. The third checks every row, a
+//! column at a time, against the first row of its hash's tuple. Tuples are told apart by their
+//! values, not by their hash alone: should two tuples share a hash, the third pass finds it
+//! and the rows are numbered again one at a time, each compared value by value with the tuples
+//! in its hash's chain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,7 +94,7 @@ enum Values<'a> {
     Dict(&'a [i32], &'a StringArray),
 }
 
-/// One tag column as the two passes read it.
+/// One tag column as the passes read it.
 struct Column<'a> {
     values: Values<'a>,
     /// Rows with no value (for a dictionary, also keys to a null value).
