@@ -25,7 +25,7 @@ use arrow::buffer::NullBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type};
 use arrow::error::ArrowError;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::prepare::Prehashed;
 
@@ -64,16 +64,34 @@ fn words(v: &[u8]) -> (u64, u64) {
     }
 }
 
-/// The hash of one tag value: values of at most 16 bytes (most tags) inline, longer ones
-/// through XXH3.
+/// The keys of [`value_hash`], from the process's random key: without them a client cannot
+/// choose tag values whose hashes collide (a batch of colliding tuples would be numbered
+/// through a long chain, in time growing with the square of its rows).
+#[derive(Clone, Copy)]
+struct ValueKeys {
+    a: u64,
+    b: u64,
+}
+
+impl ValueKeys {
+    fn of_process() -> ValueKeys {
+        let key = crate::prepare::process_key();
+        ValueKeys {
+            a: key,
+            b: key.rotate_left(32) ^ 0xe703_7ed1_a0b4_28db,
+        }
+    }
+}
+
+/// The hash of one tag value: values of at most 16 bytes (most tags) by one multiply of their
+/// words, each xored with a key, longer ones through XXH3 seeded with a key.
 #[inline]
-fn value_hash(v: &[u8]) -> u64 {
+fn value_hash(v: &[u8], keys: ValueKeys) -> u64 {
     if v.len() > 16 {
-        return xxh3_64(v);
+        return xxh3_64_with_seed(v, keys.a);
     }
     let (a, b) = words(v);
-    let x = u128::from(a ^ 0xa076_1d64_78bd_642f)
-        * u128::from(b ^ 0xe703_7ed1_a0b4_28db ^ v.len() as u64);
+    let x = u128::from(a ^ keys.a) * u128::from(b ^ keys.b ^ v.len() as u64);
     (x as u64) ^ ((x >> 64) as u64)
 }
 
@@ -142,6 +160,7 @@ impl Column<'_> {
     fn matches_first(&self, tuple_of: &[u32], first_row: &[u32]) -> bool {
         let first = |t: u32| first_row[t as usize] as usize;
         match (&self.values, self.nulls) {
+            // The common case without a call or a test per value.
             (Values::Plain(s), None) => {
                 let (offs, data) = (s.value_offsets(), s.value_data());
                 let at = |row: usize| &data[offs[row] as usize..offs[row + 1] as usize];
@@ -150,21 +169,6 @@ impl Column<'_> {
                     .enumerate()
                     .all(|(row, &t)| same_bytes(at(row), at(first(t))))
             }
-            (Values::Plain(s), Some(nulls)) => {
-                let (offs, data) = (s.value_offsets(), s.value_data());
-                let at = |row: usize| &data[offs[row] as usize..offs[row + 1] as usize];
-                tuple_of.iter().enumerate().all(|(row, &t)| {
-                    let f = first(t);
-                    match (nulls.is_null(row), nulls.is_null(f)) {
-                        (false, false) => same_bytes(at(row), at(f)),
-                        (a, b) => a == b,
-                    }
-                })
-            }
-            (Values::Dict(keys, _), None) => tuple_of
-                .iter()
-                .enumerate()
-                .all(|(row, &t)| keys[row] == keys[first(t)] || self.same(row, first(t))),
             _ => tuple_of
                 .iter()
                 .enumerate()
@@ -174,15 +178,14 @@ impl Column<'_> {
 
     /// Folds each row's value hash into `hashes`.
     fn fold_into(&self, hashes: &mut [u64], hash: &impl Fn(&[u8]) -> u64) {
-        let of_row = |row: usize, h: u64| if self.is_null(row) { NULL_HASH } else { h };
         match &self.values {
             Values::Plain(s) => {
                 let (offs, data) = (s.value_offsets(), s.value_data());
                 for (row, acc) in hashes.iter_mut().enumerate() {
-                    let v = &data[offs[row] as usize..offs[row + 1] as usize];
-                    let h = match self.nulls {
-                        None => hash(v),
-                        Some(_) => of_row(row, hash(v)),
+                    let h = if self.is_null(row) {
+                        NULL_HASH
+                    } else {
+                        hash(&data[offs[row] as usize..offs[row + 1] as usize])
                     };
                     *acc = fold(*acc, h);
                 }
@@ -294,7 +297,8 @@ impl TagTuples {
     /// Numbers the tag tuples of `n` rows of `inputs` (tag columns of any string type, or
     /// dictionaries of them). `Err((column, error))`: column `column` cannot be read as strings.
     pub(crate) fn build(inputs: &[&ArrayRef], n: usize) -> Result<TagTuples, (usize, ArrowError)> {
-        Self::build_with(inputs, n, value_hash)
+        let keys = ValueKeys::of_process();
+        Self::build_with(inputs, n, |v| value_hash(v, keys))
     }
 
     /// [`TagTuples::build`] with the hash of a tag value given (tests force collisions).
@@ -599,18 +603,26 @@ mod tests {
     #[test]
     fn values_are_equal_exactly_when_their_words_are() {
         // Every length up to 20, and for each a change of any one byte: equal words must mean
-        // equal bytes, and equal bytes equal hashes.
+        // equal bytes. The change (or one more byte) also changes the value's hash, short
+        // values and long, and another key hashes the value differently.
+        let keys = ValueKeys::of_process();
+        let other_keys = ValueKeys {
+            a: keys.a ^ 1,
+            b: keys.b,
+        };
         for len in 0..=20usize {
             let base: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             assert!(same_bytes(&base, &base.clone()));
-            assert_eq!(value_hash(&base), value_hash(&base.clone()));
             for at in 0..len {
                 let mut other = base.clone();
                 other[at] ^= 0x20;
                 assert!(!same_bytes(&base, &other), "len {len}, byte {at}");
+                assert_ne!(value_hash(&base, keys), value_hash(&other, keys));
             }
             let longer = [&base[..], b"x"].concat();
             assert!(!same_bytes(&base, &longer));
+            assert_ne!(value_hash(&base, keys), value_hash(&longer, keys));
+            assert_ne!(value_hash(&base, keys), value_hash(&base, other_keys));
         }
     }
 

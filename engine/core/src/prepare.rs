@@ -355,14 +355,19 @@ pub(crate) struct Prehashed {
     key: u64,
 }
 
+/// A random key drawn once per process, for hashes of client data that must not let a client
+/// choose colliding inputs (this map's, and tag values' in `crate::arrow_tags`).
+pub(crate) fn process_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x616e_6e61_6c73_u64)
+    })
+}
+
 impl Default for Prehashed {
     fn default() -> Self {
-        static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let key = *KEY.get_or_init(|| {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0x616e_6e61_6c73_u64)
-        });
-        Prehashed { key }
+        Prehashed { key: process_key() }
     }
 }
 
