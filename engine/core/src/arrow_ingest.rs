@@ -36,10 +36,11 @@
 //! per column for value checks). So does the canonical row encoding: each row's length, then
 //! each column written at every row's cursor, with the column's name and kind bytes encoded
 //! once; a column without nulls is written without a validity test per row. Tag columns are
-//! taken together as one tuple per row ([`crate::arrow_tags`], hashed and compared a column at
-//! a time): each distinct tuple gets its dictionary keys and its series hash once, so per row
-//! there is a hash of its tag values and the leaf hash (computed for the batch at once). The chunk's
-//! Arrow columns are the input's columns, converted once and gathered per shard with `take`.
+//! taken together as one tuple per row ([`crate::arrow_tags`], hashed and compared a column
+//! at a time): each distinct tuple gets its dictionary keys and its series hash once, so per
+//! row there is a hash of its tag values and the leaf hash (computed for the batch at once).
+//! The chunk's Arrow columns are the input's columns, converted once and gathered per shard
+//! with `take`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -341,6 +341,9 @@ impl ColumnPrefix {
 
     /// Writes this column with `value` (a string's UTF-8 bytes, or a number's or bool's
     /// little-endian bytes) at `at` in `enc`; returns where the next column starts.
+    ///
+    /// Always inlined: it runs once per column of every row, and compiled as a call its
+    /// register saves took a third of its time.
     #[inline(always)]
     pub fn write(&self, enc: &mut [u8], at: usize, value: &[u8]) -> usize {
         let mut at = at;
