@@ -447,4 +447,42 @@ mod tests {
         got.sort_unstable();
         assert_eq!(got, [None, Some(99)]);
     }
+
+    #[test]
+    fn compaction_keeps_the_newest_rows_of_every_series() {
+        let lv = LastValues::new(1, 2, Vec::<String>::new());
+        let s = schema();
+        const ROWS: i64 = 6_000;
+        // Six batches; in batch b, series k's newest row is row 100 * k + b.
+        for b in 0..6i64 {
+            let times: Vec<i64> = (0..ROWS).map(|r| b * ROWS + r).collect();
+            let values: Vec<i64> = times.iter().map(|t| t * 10).collect();
+            let newest: Newest = (1..=3u64)
+                .map(|k| {
+                    let row = 100 * k as i64 + b;
+                    (k, b * ROWS + row, row as u32)
+                })
+                .collect();
+            lv.update(0, "t", &s, &batch(&times, &values), &newest);
+        }
+        // Compacted after the third batch and again after the sixth (18,000 rows each time).
+        assert_eq!(lv.shards[0].lock()["t"].batches.len(), 1);
+        let mut want: Vec<i64> = (4..6i64)
+            .flat_map(|b| (1..=3i64).map(move |k| (b * ROWS + 100 * k + b) * 10))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(values(&lv.rows("t", &s)), want);
+        // A newer row after compaction replaces the older of its series' two.
+        lv.update(
+            0,
+            "t",
+            &s,
+            &batch(&[1 << 40], &[-1]),
+            &vec![(2, 1 << 40, 0)],
+        );
+        let got = values(&lv.rows("t", &s));
+        assert_eq!(got.len(), 6);
+        assert!(got.contains(&-1));
+        assert!(!got.contains(&((4 * ROWS + 200 + 4) * 10)));
+    }
 }
