@@ -9,6 +9,7 @@
 mod audit;
 mod client;
 mod duration;
+mod malloc;
 mod proof;
 mod query;
 mod serve;

@@ -11,8 +11,9 @@ use annals_engine::{Engine, EngineConfig, SystemClock};
 use annals_http::HttpConfig;
 use annals_query::{QueryConfig, QueryService};
 use clap::Args;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::malloc::Tuning;
 use crate::{duration, size};
 
 /// Flags of `annals serve`; each has an `ANNALS_*` environment variable.
@@ -120,6 +121,11 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    match crate::malloc::tune_for_server() {
+        Tuning::Set | Tuning::Unsupported => {}
+        Tuning::Operator => info!("GLIBC_TUNABLES sets malloc: allocator left as configured"),
+        Tuning::Refused => warn!("glibc refused the allocator thresholds; running with its own"),
+    }
     let cfg = args.engine_config();
     if !(1024..=1 << 30).contains(&args.max_body_bytes) {
         eprintln!(
