@@ -23,8 +23,8 @@ use tower::ServiceExt;
 use tracing::{debug, error};
 
 /// Largest HTTP/2 frame a client may send (SETTINGS_MAX_FRAME_SIZE; hyper's default is 16 KiB,
-/// the protocol allows up to 16 MiB), here and on `--grpc-addr`. Flow-control windows stay at hyper's 1 MiB, so what one
-/// connection can buffer is unchanged.
+/// the protocol allows up to 16 MiB), here and on `--grpc-addr`. Flow-control windows stay at
+/// hyper's 1 MiB, so what one connection can buffer is unchanged.
 pub const H2_MAX_FRAME_BYTES: u32 = 256 << 10;
 
 /// How long the loop pauses after an accept error that is not about one connection (such as
