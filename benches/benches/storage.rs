@@ -21,6 +21,7 @@ use annals_format::BlockHeader;
 use annals_storage::block_file::BlockFileWriter;
 use annals_storage::branch_log::BranchLog;
 use annals_storage::wal::{Wal, WalConfig};
+use arrow::record_batch::RecordBatch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Bytes of WAL payload per sync.
@@ -270,8 +271,13 @@ fn block_file(c: &mut Criterion) {
             .expect("block file created");
             let start = Instant::now();
             for _ in 0..iters {
-                w.write_block(black_box(&batch), &header, &signature, &[])
-                    .expect("block written");
+                w.write_block(
+                    black_box(std::slice::from_ref(&batch)),
+                    &header,
+                    &signature,
+                    &[],
+                )
+                .expect("block written");
             }
             let spent = start.elapsed();
             file_bytes = w.bytes_written() / iters as usize;
@@ -281,6 +287,57 @@ fn block_file(c: &mut Criterion) {
         })
     });
     eprintln!("block_file: {file_bytes} bytes per 16384-row block");
+
+    // The same number of rows as the sealer gets them: the `readings` chunks of 5000-line
+    // requests on two shards (about 1,250 rows each, each with its own tag dictionaries),
+    // written as they are (`parts`) and joined into one batch first (`parts_joined`, what the
+    // sealer did before it handed the chunks over).
+    let mut parts: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    for c in chunks(16, common::BODY_LINES, 2) {
+        let fits = parts.first().is_none_or(|p| p.schema() == c.batch.schema());
+        if rows < BLOCK_ROWS && c.table.name.ends_with("/readings") && fits {
+            let take = c.rows().min(BLOCK_ROWS - rows);
+            parts.push(c.batch.slice(0, take));
+            rows += take;
+        }
+    }
+    assert_eq!(rows, BLOCK_ROWS, "enough readings rows for a block");
+    let parts_schema = parts[0].schema();
+    eprintln!("block_file: a block of {} parts", parts.len());
+    for (name, join) in [
+        ("write_block_16384_parts", false),
+        ("write_block_16384_parts_joined", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                files += 1;
+                let mut w = BlockFileWriter::create(
+                    dir.path(),
+                    &format!("{files:08}"),
+                    parts_schema.clone(),
+                    BLOCK_ROWS,
+                )
+                .expect("block file created");
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if join {
+                        let joined =
+                            arrow::compute::concat_batches(&parts_schema, black_box(&parts))
+                                .expect("parts join");
+                        w.write_block(std::slice::from_ref(&joined), &header, &signature, &[])
+                    } else {
+                        w.write_block(black_box(&parts), &header, &signature, &[])
+                    }
+                    .expect("block written");
+                }
+                let spent = start.elapsed();
+                let (path, _) = w.finish().expect("file finished");
+                std::fs::remove_file(path).expect("file removed");
+                spent
+            })
+        });
+    }
     group.bench_function("one_block_file_16384", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
@@ -294,8 +351,13 @@ fn block_file(c: &mut Criterion) {
                     BLOCK_ROWS,
                 )
                 .expect("block file created");
-                w.write_block(black_box(&batch), &header, &signature, &[])
-                    .expect("block written");
+                w.write_block(
+                    black_box(std::slice::from_ref(&batch)),
+                    &header,
+                    &signature,
+                    &[],
+                )
+                .expect("block written");
                 let (path, _) = w.finish().expect("file finished");
                 spent += start.elapsed();
                 std::fs::remove_file(path).expect("file removed");

@@ -92,8 +92,11 @@ pub fn blocks_dir(data_dir: &std::path::Path, branch: &BranchId) -> PathBuf {
     data_dir.join("blocks").join(to_hex(branch))
 }
 
-/// Widens chunks to `schema` (null columns for columns a chunk predates) and concatenates.
-pub fn assemble(schema: &TableSchema, chunks: &[RecordBatch]) -> Result<RecordBatch, EngineError> {
+/// Widens chunks to `schema` (null columns for columns a chunk predates).
+pub fn widen(
+    schema: &TableSchema,
+    chunks: &[RecordBatch],
+) -> Result<Vec<RecordBatch>, EngineError> {
     let target = &schema.arrow;
     let mut widened = Vec::with_capacity(chunks.len());
     for c in chunks {
@@ -111,7 +114,7 @@ pub fn assemble(schema: &TableSchema, chunks: &[RecordBatch]) -> Result<RecordBa
             .collect();
         widened.push(RecordBatch::try_new(target.clone(), cols).map_err(EngineError::storage)?);
     }
-    arrow::compute::concat_batches(target, &widened).map_err(EngineError::storage)
+    Ok(widened)
 }
 
 impl Sealer {
@@ -251,8 +254,7 @@ impl Sealer {
             }
         }
         let signature = sign(&self.shared.key, &hash);
-        let batch = assemble(&job.table, &job.rows.chunks)?;
-        assert_eq!(batch.num_rows(), header.row_count as usize);
+        let parts = widen(&job.table, &job.rows.chunks)?;
 
         // The block file: one per branch at a time, one schema per file.
         let roll = self
@@ -284,7 +286,7 @@ impl Sealer {
         }
         let file = self.files.get_mut(&job.branch).expect("inserted");
         file.writer
-            .write_block(&batch, &header, &signature, &chunk_roots)
+            .write_block(&parts, &header, &signature, &chunk_roots)
             .map_err(EngineError::storage)?;
         file.first_segments.push(job.first_segment);
         let full = file.writer.rows() >= self.shared.cfg.file_rows;

@@ -32,7 +32,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
-use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaData};
@@ -215,6 +215,29 @@ fn writer_properties(block_rows_max: usize, schema: &Schema) -> WriterProperties
     b.build()
 }
 
+/// Hands one page's rows to a column writer in one write, so that the page is one mini-batch
+/// of parquet-rs's (which closes the page after it, and checks for dictionary fallback only
+/// then): the pieces are joined when the page spans several parts.
+fn write_page(
+    writer: &mut ArrowColumnWriter,
+    field: &Field,
+    page: &[ArrayRef],
+) -> Result<(), parquet::errors::ParquetError> {
+    let joined;
+    let array = match page {
+        [one] => one,
+        _ => {
+            let pieces: Vec<&dyn Array> = page.iter().map(AsRef::as_ref).collect();
+            joined = arrow::compute::concat(&pieces)?;
+            &joined
+        }
+    };
+    for leaf in compute_leaves(field, array)? {
+        writer.write(&leaf)?;
+    }
+    Ok(())
+}
+
 impl BlockFileWriter {
     /// Creates `<dir>/<stem>.parquet.tmp`, to become `<dir>/<stem>.parquet` on [`finish`](Self::finish).
     pub fn create(
@@ -275,12 +298,14 @@ impl BlockFileWriter {
         &self.final_path
     }
 
-    /// Appends one block as one row group. The batch must have this file's schema and exactly
-    /// `row_count` rows of the header; `chunk_roots` are the roots of its
-    /// [`PROOF_CHUNK_ROWS`]-row pieces (`annals_format::merkle::chunk_roots`), or empty.
+    /// Appends one block as one row group. `parts` are the block's rows in order (the chunks
+    /// it was written in, or one batch), each with this file's schema, `row_count` rows of
+    /// the header in all; `chunk_roots` are the roots of its [`PROOF_CHUNK_ROWS`]-row pieces
+    /// (`annals_format::merkle::chunk_roots`), or empty. The file's bytes do not depend on how
+    /// the rows are cut into parts.
     pub fn write_block(
         &mut self,
-        batch: &RecordBatch,
+        parts: &[RecordBatch],
         header: &BlockHeader,
         signature: &[u8; 64],
         chunk_roots: &[annals_format::hash::Hash],
@@ -290,19 +315,18 @@ impl BlockFileWriter {
                 || chunk_roots.len() == (header.row_count as usize).div_ceil(PROOF_CHUNK_ROWS),
             "one chunk root per piece"
         );
-        assert_eq!(
-            batch.schema(),
-            self.schema,
+        assert!(
+            parts.iter().all(|p| p.schema() == self.schema),
             "block schema differs from the file's"
         );
+        let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(
-            batch.num_rows(),
-            header.row_count as usize,
+            rows, header.row_count as usize,
             "block rows differ from its header"
         );
         let row_group = self.blocks.len() as u32;
         let tags = self
-            .write_row_group(batch, row_group as usize)
+            .write_row_group(parts, row_group as usize)
             .map_err(|source| BlockFileError::Parquet {
                 path: self.tmp_path.clone(),
                 source,
@@ -319,17 +343,20 @@ impl BlockFileWriter {
             tags,
             chunk_roots: chunk_roots.concat(),
         });
-        self.rows += batch.num_rows() as u64;
+        self.rows += rows as u64;
         Ok(row_group)
     }
 
-    /// Writes `batch` as row group `index`: tag columns through [`crate::tag_chunk`] (their
-    /// Arrow dictionary becomes the Parquet one), every other column through parquet-rs's
-    /// Arrow column writer. Returns the block's tag filter, built from the distinct values the
-    /// tag chunks found (the same filter as [`TagFilter::of_batch`]).
+    /// Writes `parts` as row group `index`, a column at a time: tag columns through
+    /// [`crate::tag_chunk`] (the parts' Arrow dictionaries become the Parquet one), every
+    /// other column through parquet-rs's Arrow column writer, fed one page of [`PAGE_ROWS`]
+    /// rows at a time ([`write_page`]) so that its pages are those of the whole block written
+    /// at once, without joining the parts into one batch first. Returns the block's tag filter,
+    /// built from the distinct values the tag chunks found (the same filter as
+    /// [`TagFilter::of_batch`]).
     fn write_row_group(
         &mut self,
-        batch: &RecordBatch,
+        parts: &[RecordBatch],
         index: usize,
     ) -> Result<Option<TagFilter>, parquet::errors::ParquetError> {
         let mut pairs: HashSet<(&str, &str)> = HashSet::new();
@@ -337,21 +364,44 @@ impl BlockFileWriter {
         let descrs = self.writer.schema_descr().columns().to_vec();
         debug_assert_eq!(descrs.len(), self.schema.fields().len(), "a flat schema");
         let mut group = self.writer.next_row_group()?;
-        for (((field, array), mut writer), descr) in self
+        let mut column: Vec<&dyn Array> = Vec::with_capacity(parts.len());
+        for (c, ((field, mut writer), descr)) in self
             .schema
             .fields()
             .iter()
-            .zip(batch.columns())
             .zip(writers)
             .zip(&descrs)
+            .enumerate()
         {
-            if let Some(chunk) = crate::tag_chunk::encode(descr, array.as_ref(), PAGE_ROWS)? {
+            column.clear();
+            column.extend(parts.iter().map(|p| p.column(c).as_ref()));
+            if let Some(chunk) = crate::tag_chunk::encode(descr, &column, PAGE_ROWS)? {
                 pairs.extend(chunk.distinct.iter().map(|&v| (field.name().as_str(), v)));
                 group.append_column(&chunk.bytes, chunk.close)?;
                 continue;
             }
-            for leaf in compute_leaves(field, array)? {
-                writer.write(&leaf)?;
+            // The pieces of the page being filled, written when it is full (or the parts end).
+            let mut page: Vec<ArrayRef> = Vec::new();
+            let mut page_len = 0usize;
+            let mut pieces = parts.iter().map(|p| p.column(c)).peekable();
+            while let Some(array) = pieces.next() {
+                let mut off = 0;
+                while off < array.len() {
+                    let len = (PAGE_ROWS - page_len).min(array.len() - off);
+                    page.push(if len == array.len() {
+                        array.clone()
+                    } else {
+                        array.slice(off, len)
+                    });
+                    off += len;
+                    page_len += len;
+                    let last = off == array.len() && pieces.peek().is_none();
+                    if page_len == PAGE_ROWS || last {
+                        write_page(&mut writer, field, &page)?;
+                        page.clear();
+                        page_len = 0;
+                    }
+                }
             }
             writer.close()?.append_to_row_group(&mut group)?;
         }
@@ -967,7 +1017,8 @@ mod tests {
                 context: [0; 32],
                 sealed_at: 0,
             };
-            w.write_block(&batch, &header, &[0; 64], &[]).unwrap();
+            w.write_block(std::slice::from_ref(&batch), &header, &[0; 64], &[])
+                .unwrap();
             written.push(batch);
         }
         let (path, _) = w.finish().unwrap();
@@ -1034,6 +1085,132 @@ mod tests {
                 .map(|p| p.num_values())
                 .collect::<Vec<_>>(),
             [1024, 1024, 952]
+        );
+    }
+
+    #[test]
+    fn a_block_written_in_parts_is_the_block_written_whole() {
+        // The sealer hands a block over as the chunks it was written in, each with its own
+        // dictionaries; the file must be byte for byte the one the joined batch makes. Parts
+        // of 1, 700, 1500, 2000 and 2800 rows (page boundaries inside and between parts); a
+        // tag column with nulls and one without; a nullable float column; a string column
+        // long enough to make parquet-rs fall back from its dictionary mid-block; booleans.
+        let dir = tempfile::tempdir().unwrap();
+        let tag_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = Arc::new(Schema::new(vec![
+            time_field(),
+            Field::new("a", tag_type.clone(), true),
+            Field::new("b", tag_type, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let mut start = 0usize;
+        let parts: Vec<RecordBatch> = [1usize, 700, 1500, 2000, 2800]
+            .iter()
+            .map(|&rows| {
+                let r = start..start + rows;
+                start += rows;
+                let a: DictionaryArray<Int32Type> = r
+                    .clone()
+                    .map(|i| (i % 7 != 3).then(|| format!("truck_{}", (i * 31) % 97)))
+                    .collect();
+                let b: DictionaryArray<Int32Type> = r
+                    .clone()
+                    .map(|i| Some(["x", "yy"][(i / 300) % 2]))
+                    .collect();
+                let s: StringArray = r
+                    .clone()
+                    .map(|i| (i % 5 != 0).then(|| format!("{i:0>300}")))
+                    .collect();
+                let ok: BooleanArray = r.clone().map(|i| Some(i % 3 == 0)).collect();
+                let v: Float64Array = r
+                    .clone()
+                    .map(|i| (i % 11 != 0).then_some((i % 50) as f64 * 0.5))
+                    .collect();
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(TimestampNanosecondArray::from_iter_values(
+                            r.map(|i| i as i64),
+                        )),
+                        Arc::new(a),
+                        Arc::new(b),
+                        Arc::new(s),
+                        Arc::new(ok),
+                        Arc::new(v),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let whole = arrow::compute::concat_batches(&schema, &parts).unwrap();
+        let header = BlockHeader {
+            table: "t".into(),
+            branch: [1; 16],
+            height: 0,
+            prev: [0; 32],
+            rows_root: [0; 32],
+            row_count: whole.num_rows() as u32,
+            time_min: 0,
+            time_max: whole.num_rows() as i64 - 1,
+            context: [0; 32],
+            sealed_at: 0,
+        };
+        let write = |name: &str, parts: &[RecordBatch]| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            let mut w =
+                BlockFileWriter::create(&sub, "000000000000", schema.clone(), 16384).unwrap();
+            w.write_block(parts, &header, &[0; 64], &[]).unwrap();
+            std::fs::read(w.finish().unwrap().0).unwrap()
+        };
+        let from_parts = write("parts", &parts);
+        let from_whole = write("whole", std::slice::from_ref(&whole));
+        assert!(from_parts == from_whole, "the files differ");
+
+        // The string column did fall back from its dictionary, and every data page but the
+        // last holds PAGE_ROWS rows.
+        let path = dir.path().join("parts/000000000000.parquet");
+        let raw = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let encodings = raw
+            .metadata()
+            .row_group(0)
+            .column(3)
+            .encodings()
+            .collect::<Vec<_>>();
+        assert!(
+            encodings.contains(&parquet::basic::Encoding::PLAIN),
+            "{encodings:?}"
+        );
+        assert!(
+            encodings.contains(&parquet::basic::Encoding::RLE_DICTIONARY),
+            "{encodings:?}"
+        );
+        for c in 0..6 {
+            let rows: Vec<u32> = raw
+                .get_row_group(0)
+                .unwrap()
+                .get_column_page_reader(c)
+                .unwrap()
+                .map(Result::unwrap)
+                .filter(|p| p.page_type() != parquet::basic::PageType::DICTIONARY_PAGE)
+                .map(|p| p.num_values())
+                .collect();
+            assert_eq!(
+                rows,
+                [1024, 1024, 1024, 1024, 1024, 1024, 857],
+                "column {c}"
+            );
+        }
+        let back = BlockFileReader::open(&path)
+            .unwrap()
+            .read_row_group(0)
+            .unwrap();
+        assert_eq!(back.num_rows(), whole.num_rows());
+        assert_eq!(
+            row_encodings("t", &back).unwrap(),
+            row_encodings("t", &whole).unwrap()
         );
     }
 }

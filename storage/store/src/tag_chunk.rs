@@ -1,12 +1,13 @@
 //! A tag column's Parquet column chunk, encoded from its Arrow dictionary.
 //!
-//! A block's tag column arrives as `Dictionary(Int32, Utf8)`: a few distinct values and one key
-//! per row. Parquet stores the same shape (a dictionary page, then data pages of indices into
-//! it), but parquet-rs's writer does not reuse an Arrow dictionary: it interns every row's
-//! string again (hashing and comparing its bytes) to build its own, which was the largest
-//! single cost of sealing TSBS rows. Here the Parquet dictionary is built from the Arrow one
-//! (each dictionary value looked at once, duplicates merged), a row costs one array lookup,
-//! and the pages are laid out exactly as parquet-rs lays them out for this column:
+//! A block's tag column arrives as `Dictionary(Int32, Utf8)`, in pieces (the chunks the block
+//! was written in), each with a few distinct values and one key per row. Parquet stores the
+//! same shape (a dictionary page, then data pages of indices into it), but parquet-rs's writer
+//! does not reuse an Arrow dictionary: it interns every row's string again (hashing and
+//! comparing its bytes) to build its own, which was the largest single cost of sealing TSBS
+//! rows. Here the Parquet dictionary is built from the pieces' Arrow ones (each dictionary
+//! value looked at once, duplicates merged), a row costs one array lookup, and the pages are
+//! laid out exactly as parquet-rs lays them out for this column:
 //!
 //! - one dictionary page, `PLAIN` (each value as `u32` length and bytes), first;
 //! - data pages (format v1) of [`PAGE_ROWS`](crate::block_file::PAGE_ROWS) rows, each the
@@ -21,7 +22,8 @@
 //! other. The tests read chunks back through parquet-rs's Arrow reader, with and without the
 //! page index, for every shape a block's tag column can take.
 
-use arrow::array::{Array, AsArray, DictionaryArray};
+use arrow::array::{Array, AsArray, BooleanBufferBuilder, DictionaryArray};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::Int32Type;
 use bytes::Bytes;
 use parquet::basic::{Compression, Encoding};
@@ -44,33 +46,52 @@ pub(crate) struct TagChunk<'a> {
     pub(crate) distinct: Vec<&'a str>,
 }
 
-/// Encodes `array` (a `Dictionary(Int32, Utf8)` column) as the column chunk `descr` names, in
-/// data pages of `page_rows` rows. `None` when the column is not such a dictionary or has no
-/// value at all: the caller then writes it the ordinary way.
+/// Encodes `parts` (the pieces of one `Dictionary(Int32, Utf8)` column, in row order, each
+/// with its own dictionary) as the column chunk `descr` names, in data pages of `page_rows`
+/// rows. `None` when the column is not such a dictionary or has no value at all: the caller
+/// then writes it the ordinary way.
 pub(crate) fn encode<'a>(
     descr: &ColumnDescPtr,
-    array: &'a dyn Array,
+    parts: &[&'a dyn Array],
     page_rows: usize,
 ) -> Result<Option<TagChunk<'a>>> {
-    let Some(dict) = array.as_dictionary_opt::<Int32Type>() else {
-        return Ok(None);
-    };
-    let Some(values) = dict.values().as_string_opt::<i32>() else {
-        return Ok(None);
-    };
-    let rows = dict.len();
-    let validity = dict.logical_nulls();
-    if rows == 0 || validity.as_ref().is_some_and(|v| v.null_count() == rows) {
+    let mut dicts: Vec<(&'a DictionaryArray<Int32Type>, Option<NullBuffer>)> =
+        Vec::with_capacity(parts.len());
+    for &part in parts {
+        let Some(dict) = part.as_dictionary_opt::<Int32Type>() else {
+            return Ok(None);
+        };
+        if dict.values().as_string_opt::<i32>().is_none() {
+            return Ok(None);
+        }
+        dicts.push((dict, dict.logical_nulls()));
+    }
+    let rows: usize = dicts.iter().map(|(d, _)| d.len()).sum();
+    let nulls: usize = dicts
+        .iter()
+        .map(|(_, v)| v.as_ref().map_or(0, NullBuffer::null_count))
+        .sum();
+    if rows == 0 || nulls == rows {
         return Ok(None);
     }
-    if validity.is_some() && descr.max_def_level() == 0 {
+    if nulls > 0 && descr.max_def_level() == 0 {
         return Err(ParquetError::General(format!(
             "column {} is required but has nulls",
             descr.path()
         )));
     }
-    let (indices, order) = parquet_indices(dict, validity.as_ref());
-    let distinct: Vec<&str> = order.iter().map(|&k| values.value(k as usize)).collect();
+    // The whole column's validity, when some row is null.
+    let validity = (nulls > 0).then(|| {
+        let mut b = BooleanBufferBuilder::new(rows);
+        for (d, v) in &dicts {
+            match v {
+                Some(v) => b.append_buffer(v.inner()),
+                None => b.append_n(d.len(), true),
+            }
+        }
+        b.finish()
+    });
+    let (indices, distinct) = parquet_indices(&dicts, rows - nulls);
     let bit_width = bit_width(distinct.len());
 
     let mut sink = TrackedWrite::new(Vec::new());
@@ -120,7 +141,7 @@ pub(crate) fn encode<'a>(
                 }
                 Some(v) => {
                     levels.clear();
-                    levels.extend((start..end).map(|r| u32::from(v.is_valid(r))));
+                    levels.extend((start..end).map(|r| u32::from(v.value(r))));
                     count = levels.iter().filter(|&&l| l == 1).count();
                     raw.extend_from_slice(&[0; 4]);
                     rle_hybrid(&levels, 1, &mut raw);
@@ -189,44 +210,48 @@ pub(crate) fn encode<'a>(
     }))
 }
 
-/// The Parquet dictionary index of each non-null row, in row order, and the Arrow dictionary
-/// slot each Parquet index stands for (in order of first use). Equal values in several slots
-/// (a block's dictionary is its chunks' dictionaries concatenated) share one index; slots no
-/// row uses get none.
-fn parquet_indices(
-    dict: &DictionaryArray<Int32Type>,
-    validity: Option<&arrow::buffer::NullBuffer>,
-) -> (Vec<u32>, Vec<u32>) {
-    let values = dict.values().as_string::<i32>();
-    let keys = dict.keys().values();
-    let mut slot_index = vec![UNSEEN; values.len()];
-    let mut by_value: std::collections::HashMap<&[u8], u32> = std::collections::HashMap::new();
-    let mut order: Vec<u32> = Vec::new();
-    let mut indices = Vec::with_capacity(keys.len());
-    let mut index_of = |slot: usize| {
-        let ix = slot_index[slot];
-        if ix != UNSEEN {
-            return ix;
-        }
-        let ix = *by_value
-            .entry(values.value(slot).as_bytes())
-            .or_insert_with(|| {
-                order.push(slot as u32);
-                (order.len() - 1) as u32
+/// The Parquet dictionary index of each non-null row (`valid` of them), in row order, and the
+/// Parquet dictionary: each distinct value once, in order of first use. Equal values in several
+/// slots (of one part's dictionary or of several parts') share one index; slots no row uses
+/// get none.
+fn parquet_indices<'a>(
+    parts: &[(&'a DictionaryArray<Int32Type>, Option<NullBuffer>)],
+    valid: usize,
+) -> (Vec<u32>, Vec<&'a str>) {
+    let mut by_value: std::collections::HashMap<&'a [u8], u32> = std::collections::HashMap::new();
+    let mut distinct: Vec<&'a str> = Vec::new();
+    let mut indices = Vec::with_capacity(valid);
+    let mut slot_index = Vec::new();
+    for (dict, validity) in parts {
+        let values = dict.values().as_string::<i32>();
+        let keys = dict.keys().values();
+        slot_index.clear();
+        slot_index.resize(values.len(), UNSEEN);
+        let mut index_of = |slot: usize| {
+            let ix = slot_index[slot];
+            if ix != UNSEEN {
+                return ix;
+            }
+            let value = values.value(slot);
+            let ix = *by_value.entry(value.as_bytes()).or_insert_with(|| {
+                distinct.push(value);
+                (distinct.len() - 1) as u32
             });
-        slot_index[slot] = ix;
-        ix
-    };
-    match validity {
-        None => indices.extend(keys.iter().map(|&k| index_of(k as usize))),
-        Some(v) => indices.extend(
-            keys.iter()
-                .zip(v.iter())
-                .filter(|(_, valid)| *valid)
-                .map(|(&k, _)| index_of(k as usize)),
-        ),
+            slot_index[slot] = ix;
+            ix
+        };
+        match validity {
+            None => indices.extend(keys.iter().map(|&k| index_of(k as usize))),
+            Some(v) => indices.extend(
+                keys.iter()
+                    .zip(v.iter())
+                    .filter(|(_, valid)| *valid)
+                    .map(|(&k, _)| index_of(k as usize)),
+            ),
+        }
     }
-    (indices, order)
+    debug_assert_eq!(indices.len(), valid);
+    (indices, distinct)
 }
 
 /// Bits per index into a dictionary of `len` values (0 for a dictionary of one).
