@@ -6,7 +6,8 @@
 //!   for each record), and a batch record decoded, per row, with each form's bytes printed;
 //! - branch log: appending one block header (+ signature), with and without its fsync, per block;
 //! - block file: one sealed 16384-row block written as a Parquet row group (Snappy) into an open
-//!   file, and a whole one-block file (create, write, footer, fsync, rename, directory fsync).
+//!   file: as one batch, as the 14 chunks the sealer gets it in, and as those chunks joined
+//!   first; and a whole one-block file (create, write, footer, fsync, rename, directory fsync).
 
 mod common;
 
@@ -258,40 +259,10 @@ fn block_file(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BLOCK_ROWS as u64));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut files = 0usize;
-    let mut file_bytes = 0usize;
-    group.bench_function("write_block_16384", |b| {
-        b.iter_custom(|iters| {
-            files += 1;
-            let mut w = BlockFileWriter::create(
-                dir.path(),
-                &format!("{files:08}"),
-                schema.clone(),
-                BLOCK_ROWS,
-            )
-            .expect("block file created");
-            let start = Instant::now();
-            for _ in 0..iters {
-                w.write_block(
-                    black_box(std::slice::from_ref(&batch)),
-                    &header,
-                    &signature,
-                    &[],
-                )
-                .expect("block written");
-            }
-            let spent = start.elapsed();
-            file_bytes = w.bytes_written() / iters as usize;
-            let (path, _) = w.finish().expect("file finished");
-            std::fs::remove_file(path).expect("file removed");
-            spent
-        })
-    });
-    eprintln!("block_file: {file_bytes} bytes per 16384-row block");
-
-    // The same number of rows as the sealer gets them: the `readings` chunks of 5000-line
-    // requests on two shards (about 1,250 rows each, each with its own tag dictionaries),
-    // written as they are (`parts`) and joined into one batch first (`parts_joined`, what the
-    // sealer did before it handed the chunks over).
+    // The block as one batch (`write_block_16384`), and the same number of rows as the sealer
+    // gets them: the `readings` chunks of 5000-line requests on two shards (about 1,250 rows
+    // each, each with its own tag dictionaries), written as they are (`parts`) and joined into
+    // one batch first (`parts_joined`, what the sealer did before it handed the chunks over).
     let mut parts: Vec<RecordBatch> = Vec::new();
     let mut rows = 0;
     for c in chunks(16, common::BODY_LINES, 2) {
@@ -303,12 +274,15 @@ fn block_file(c: &mut Criterion) {
         }
     }
     assert_eq!(rows, BLOCK_ROWS, "enough readings rows for a block");
-    let parts_schema = parts[0].schema();
-    eprintln!("block_file: a block of {} parts", parts.len());
-    for (name, join) in [
-        ("write_block_16384_parts", false),
-        ("write_block_16384_parts_joined", true),
+    eprintln!("block_file: the sealer's block in {} parts", parts.len());
+    let whole = [batch.clone()];
+    for (name, parts, join) in [
+        ("write_block_16384", &whole[..], false),
+        ("write_block_16384_parts", &parts[..], false),
+        ("write_block_16384_parts_joined", &parts[..], true),
     ] {
+        let parts_schema = parts[0].schema();
+        let mut file_bytes = 0usize;
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 files += 1;
@@ -323,20 +297,22 @@ fn block_file(c: &mut Criterion) {
                 for _ in 0..iters {
                     if join {
                         let joined =
-                            arrow::compute::concat_batches(&parts_schema, black_box(&parts))
+                            arrow::compute::concat_batches(&parts_schema, black_box(parts))
                                 .expect("parts join");
                         w.write_block(std::slice::from_ref(&joined), &header, &signature, &[])
                     } else {
-                        w.write_block(black_box(&parts), &header, &signature, &[])
+                        w.write_block(black_box(parts), &header, &signature, &[])
                     }
                     .expect("block written");
                 }
                 let spent = start.elapsed();
+                file_bytes = w.bytes_written() / iters as usize;
                 let (path, _) = w.finish().expect("file finished");
                 std::fs::remove_file(path).expect("file removed");
                 spent
             })
         });
+        eprintln!("block_file: {name}: {file_bytes} bytes per 16384-row block");
     }
     group.bench_function("one_block_file_16384", |b| {
         b.iter_custom(|iters| {

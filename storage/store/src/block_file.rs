@@ -947,6 +947,22 @@ mod tests {
         assert_eq!(back.next().unwrap().unwrap(), batch);
     }
 
+    /// The header of a test block of `rows` rows at `height` (table `t`, times from 0).
+    fn test_header(height: u64, rows: usize) -> BlockHeader {
+        BlockHeader {
+            table: "t".into(),
+            branch: [1; 16],
+            height,
+            prev: [0; 32],
+            rows_root: [0; 32],
+            row_count: rows as u32,
+            time_min: 0,
+            time_max: rows as i64,
+            context: [0; 32],
+            sealed_at: 0,
+        }
+    }
+
     /// A tag column as strings, row by row (`None` for null), whatever its dictionary.
     fn tag_strings(a: &ArrayRef) -> Vec<Option<String>> {
         let d = a.as_dictionary::<Int32Type>();
@@ -1017,18 +1033,7 @@ mod tests {
                 ],
             )
             .unwrap();
-            let header = BlockHeader {
-                table: "t".into(),
-                branch: [1; 16],
-                height: height as u64,
-                prev: [0; 32],
-                rows_root: [0; 32],
-                row_count: rows as u32,
-                time_min: 0,
-                time_max: rows as i64,
-                context: [0; 32],
-                sealed_at: 0,
-            };
+            let header = test_header(height as u64, rows);
             w.write_block(std::slice::from_ref(&batch), &header, &[0; 64], &[])
                 .unwrap();
             written.push(batch);
@@ -1158,18 +1163,7 @@ mod tests {
             })
             .collect();
         let whole = arrow::compute::concat_batches(&schema, &parts).unwrap();
-        let header = BlockHeader {
-            table: "t".into(),
-            branch: [1; 16],
-            height: 0,
-            prev: [0; 32],
-            rows_root: [0; 32],
-            row_count: whole.num_rows() as u32,
-            time_min: 0,
-            time_max: whole.num_rows() as i64 - 1,
-            context: [0; 32],
-            sealed_at: 0,
-        };
+        let header = test_header(0, whole.num_rows());
         let write = |name: &str, parts: &[RecordBatch]| {
             let sub = dir.path().join(name);
             std::fs::create_dir(&sub).unwrap();
@@ -1246,18 +1240,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let header = BlockHeader {
-            table: "t".into(),
-            branch: [1; 16],
-            height: 0,
-            prev: [0; 32],
-            rows_root: [0; 32],
-            row_count: rows as u32,
-            time_min: 0,
-            time_max: rows as i64 - 1,
-            context: [0; 32],
-            sealed_at: 0,
-        };
+        let header = test_header(0, rows);
         let mut w = BlockFileWriter::create(dir.path(), "000000000000", schema, rows).unwrap();
         w.write_block(std::slice::from_ref(&batch), &header, &[0; 64], &[])
             .unwrap();
