@@ -9,9 +9,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use annals_engine::catalog::Catalog;
 use annals_engine::last_values::LastValues;
-use annals_engine::prepare::{prepare, Chunk};
 use annals_engine::EngineConfig;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -19,17 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 const BODIES: usize = 32;
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let catalog = Catalog::open(dir.path()).expect("empty catalog opens");
-    let shards = EngineConfig::new(dir.path()).shards;
-    let opts = common::prepare_options();
-    let mut chunks: Vec<(usize, Chunk)> = Vec::new();
-    for body in common::iot_bodies(common::BODY_LINES, BODIES) {
-        let prepared = prepare(&catalog, shards, common::DB, &body, &opts).expect("body prepares");
-        for part in prepared.parts {
-            chunks.extend(part.chunks.into_iter().map(|c| (part.shard, c)));
-        }
-    }
+    // The default shard count (the data directory is not used).
+    let shards = EngineConfig::new("").shards;
+    let chunks = common::prepared_chunks(BODIES, common::BODY_LINES, shards);
     let rows: usize = chunks.iter().map(|(_, c)| c.rows()).sum();
     let mut group = c.benchmark_group("last_values");
     group.throughput(Throughput::Elements(rows as u64));

@@ -14,8 +14,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use annals_engine::catalog::Catalog;
-use annals_engine::prepare::{prepare, Chunk};
+use annals_engine::prepare::Chunk;
 use annals_engine::walrec;
 use annals_format::merkle::root_of;
 use annals_format::BlockHeader;
@@ -30,17 +29,11 @@ const WAL_BATCH_BYTES: usize = 1 << 20;
 /// Rows of a default block (`--block-rows`).
 const BLOCK_ROWS: usize = 16_384;
 
-/// Every chunk of the first `bodies` 5000-line bodies, prepared for `shards` shards.
+/// Every chunk of the first `bodies` bodies of `lines` lines, prepared for `shards` shards.
 fn chunks(bodies: usize, lines: usize, shards: usize) -> Vec<Chunk> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let catalog = Catalog::open(dir.path()).expect("empty catalog opens");
-    let opts = common::prepare_options();
-    common::iot_bodies(lines, bodies)
-        .iter()
-        .flat_map(|body| {
-            let p = prepare(&catalog, shards, common::DB, body, &opts).expect("body prepares");
-            p.parts.into_iter().flat_map(|part| part.chunks)
-        })
+    common::prepared_chunks(bodies, lines, shards)
+        .into_iter()
+        .map(|(_, c)| c)
         .collect()
 }
 

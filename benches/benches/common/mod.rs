@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use annals_bench::tsbs::IotConfig;
+use annals_engine::catalog::Catalog;
+use annals_engine::prepare::{prepare, Chunk};
 use annals_engine::PrepareOptions;
 use annals_lp::ParseOptions;
 
@@ -43,4 +45,20 @@ pub(crate) fn prepare_options() -> PrepareOptions {
         parse: ParseOptions::default(),
         accept_partial: false,
     }
+}
+
+/// Every chunk of the first `bodies` bodies of `lines` lines, prepared as line protocol for
+/// `shards` shards into one fresh catalog, each with its shard.
+pub(crate) fn prepared_chunks(bodies: usize, lines: usize, shards: usize) -> Vec<(usize, Chunk)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let catalog = Catalog::open(dir.path()).expect("empty catalog opens");
+    let opts = prepare_options();
+    let mut chunks = Vec::new();
+    for body in iot_bodies(lines, bodies) {
+        let prepared = prepare(&catalog, shards, DB, &body, &opts).expect("body prepares");
+        for part in prepared.parts {
+            chunks.extend(part.chunks.into_iter().map(|c| (part.shard, c)));
+        }
+    }
+    chunks
 }
