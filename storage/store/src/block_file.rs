@@ -977,7 +977,7 @@ mod tests {
         // one value (bit width 0); many values (wide indices); duplicate and unused dictionary
         // slots (a block's dictionary is its chunks' concatenated); long repeats (RLE runs).
         let dir = tempfile::tempdir().unwrap();
-        let tag_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let tag_type = arrow_type(Kind::Tag);
         let schema = Arc::new(Schema::new(vec![
             time_field(),
             Field::new("a", tag_type.clone(), true),
@@ -1110,7 +1110,7 @@ mod tests {
         // tag column with nulls and one without; a nullable float column; a string column
         // of distinct values, which falls back from its dictionary mid-block; booleans.
         let dir = tempfile::tempdir().unwrap();
-        let tag_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let tag_type = arrow_type(Kind::Tag);
         let schema = Arc::new(Schema::new(vec![
             time_field(),
             Field::new("a", tag_type.clone(), true),
