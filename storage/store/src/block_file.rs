@@ -954,7 +954,7 @@ mod tests {
             rows_root: [0; 32],
             row_count: rows as u32,
             time_min: 0,
-            time_max: rows as i64,
+            time_max: rows as i64 - 1,
             context: [0; 32],
             sealed_at: 0,
         }
@@ -1263,6 +1263,7 @@ mod tests {
             .unwrap()
             .read_row_group(0)
             .unwrap();
+        assert_eq!(back.schema().fields(), batch.schema().fields());
         assert_eq!(back.columns(), batch.columns());
     }
 }
